@@ -1,0 +1,414 @@
+"""The project config file: YAML, ``${ENV}`` secrets, validated with pydantic.
+
+Block and profile settings come from plugins, so validation runs in two steps: the fixed shape of
+the file first, then each block and profile against the settings model of its type. Every
+problem is reported at once with the file, the key path (``pipelines.night.blocks[2].delay``), the
+line, and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import phonenumbers
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from .alarms import AckMode, Priority
+from .errors import ConfigError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``30s``, ``5m``, ``1h30m``, ``250ms`` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f'expected a duration like "30s", got {value!r}')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"expected a duration of zero or more, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
+            return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+        try:
+            return parse_duration(float(text))
+        except ValueError:
+            pass
+    raise ValueError(f'expected a duration like "30s", got {value!r}')
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PriorityField = Annotated[Priority, BeforeValidator(Priority.parse)]
+
+
+def normalize_phone(value: str) -> str:
+    """E.164 form of a phone number; "+1 (222) 333-4444" becomes "+12223334444"."""
+    try:
+        number = phonenumbers.parse(str(value), None)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or not phonenumbers.is_possible_number(number):
+        raise ValueError(
+            f'expected a phone number in international form like "+15551234567", got {value!r}'
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class HttpSettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=0, le=65535)
+
+
+class RetrySettings(StrictModel):
+    """How a failed provider call is retried before the notification is marked failed."""
+
+    attempts: int = Field(4, ge=1, le=100)
+    backoff: Duration = 1.0
+    max_backoff: Duration = 300.0
+
+
+class GatewaySettings(StrictModel):
+    name: str = "annunciator"
+    http: HttpSettings = HttpSettings()
+    database: str = "sqlite:///annunciator.db"
+    api_tokens: list[str] = []
+    secret_file: str = "secret.key"
+    scripts_dir: str = "scripts"
+    external_url: str | None = None
+    retry: RetrySettings = RetrySettings()
+    max_concurrent_sends: int = Field(256, ge=1)
+
+
+Contacts = dict[str, list[str]]
+
+
+class UserSettings(StrictModel):
+    name: str = ""
+    id: int | None = Field(None, ge=1)
+    pin: str | None = None
+    language: str = "en-US"
+    contacts: dict[str, list[str] | str] = {}
+
+    @field_validator("pin")
+    @classmethod
+    def _pin_digits(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d{4,12}", str(v)):
+            raise ValueError("expected a PIN of 4 to 12 digits")
+        return None if v is None else str(v)
+
+    @field_validator("contacts")
+    @classmethod
+    def _contacts(cls, v: dict[str, Any]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for kind, raw in v.items():
+            values = [raw] if isinstance(raw, str) else list(raw)
+            if kind in ("sms", "phone"):
+                values = [normalize_phone(x) for x in values]
+            elif kind == "email":
+                for x in values:
+                    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", x):
+                        raise ValueError(f"expected an email address, got {x!r}")
+            out[kind] = values
+        return out
+
+
+class RosterSettings(StrictModel):
+    users: list[str] = []
+    description: str = ""
+
+
+class AlarmDefinition(StrictModel):
+    """Defaults for alarms whose source matches ``source`` (a glob, e.g. ``plant/pump*``)."""
+
+    source: str
+    name: str | None = None
+    display_path: str | None = None
+    priority: PriorityField | None = None
+    ack_mode: AckMode | None = None
+    ack_notes_required: bool | None = None
+    properties: dict[str, Any] = {}
+    pipelines: dict[str, str] = {}
+
+    @field_validator("pipelines")
+    @classmethod
+    def _transitions(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_pipeline_keys(v)
+
+
+PIPELINE_TRANSITIONS = ("active", "cleared", "acknowledged")
+
+
+def check_pipeline_keys(v: dict[str, str]) -> dict[str, str]:
+    for key in v:
+        if key not in PIPELINE_TRANSITIONS:
+            raise ValueError(f"unknown transition {key!r}; expected one of: active, cleared, acknowledged")
+    return v
+
+
+class PipelineSettings(StrictModel):
+    description: str = ""
+    dropout: list[str] = ["acknowledged", "cleared", "shelved"]
+    blocks: list[dict[str, Any]] = []
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: list[str]) -> list[str]:
+        for cond in v:
+            if cond not in ("acknowledged", "cleared", "shelved"):
+                raise ValueError(
+                    f"unknown dropout condition {cond!r}; expected acknowledged, cleared, shelved"
+                )
+        return v
+
+
+class FileSettings(StrictModel):
+    """The shape of the whole file before plugin-specific parts are checked."""
+
+    gateway: GatewaySettings = GatewaySettings()
+    profiles: dict[str, dict[str, Any]] = {}
+    users: dict[str, UserSettings] = {}
+    rosters: dict[str, list[str] | RosterSettings] = {}
+    alarms: list[AlarmDefinition] = []
+    pipelines: dict[str, PipelineSettings] = {}
+
+
+@dataclass
+class Config:
+    """A validated configuration, with relative paths resolved against the file's folder."""
+
+    path: Path | None
+    settings: FileSettings
+    profiles: dict[str, BaseModel] = field(default_factory=dict)
+    pipelines: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> GatewaySettings:
+        return self.settings.gateway
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def database_url(self) -> str:
+        url = self.gateway.database
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            return prefix + str(self.resolve(url[len(prefix):]))
+        return url
+
+    def roster_users(self, roster: str) -> list[str]:
+        r = self.settings.rosters[roster]
+        return list(r) if isinstance(r, list) else list(r.users)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[tuple[str, str]]]:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; unset variables are problems."""
+    problems: list[tuple[str, str]] = []
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, str):
+            def sub(m: re.Match[str]) -> str:
+                name, default = m.group(1), m.group(2)
+                if name in env:
+                    return env[name]
+                if default is not None:
+                    return default
+                problems.append((where, f"environment variable {name} is not set"))
+                return ""
+
+            return _ENV.sub(sub, node)
+        if isinstance(node, dict):
+            return {k: walk(v, join_path(where, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        return node
+
+    return walk(data, path), problems
+
+
+def join_path(base: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{base}[{key}]"
+    return f"{base}.{key}" if base else str(key)
+
+
+def yaml_lines(text: str) -> dict[str, int]:
+    """Key path -> 1-based line, so an error can point at the line to fix."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = join_path(where, key.value)
+                lines[p] = key.start_mark.line + 1
+                walk(value, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, value in enumerate(node.value):
+                p = f"{where}[{i}]"
+                lines[p] = value.start_mark.line + 1
+                walk(value, p)
+
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Turn pydantic's errors into (key path, plain message) pairs."""
+    out = []
+    for err in exc.errors():
+        path = prefix
+        loc = [part for part in err["loc"] if not _is_union_tag(part)]
+        for part in loc:
+            path = join_path(path, part)
+        kind = err["type"]
+        if kind == "missing":
+            msg = "required"
+        elif kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "value_error":
+            msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+        else:
+            msg = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {err.get('input')!r}"
+        out.append((path, msg))
+    return out
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the tried union member in the location ("list[str]", "RosterSettings");
+    # a user never wrote those words, so they only confuse the path.
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part)
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read config: {exc.strerror}")], file=str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([("", f"{where}not valid YAML: {getattr(exc, 'problem', exc)}")],
+                          file=str(path)) from exc
+    return (data if data is not None else {}), yaml_lines(text)
+
+
+def load_config(
+    source: Path | str | Mapping[str, Any],
+    block_types: Mapping[str, Any],
+    profile_types: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Read and fully validate a config; raise ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    path: Path | None = None
+    lines: dict[str, int] = {}
+    if isinstance(source, Mapping):
+        raw: Any = dict(source)
+    else:
+        path = Path(source)
+        raw, lines = read_yaml(path)
+    file = str(path) if path else ""
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "expected a mapping of sections at the top of the file")], file)
+
+    data, problems = expand_env(raw, env)
+    try:
+        settings = FileSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems + pydantic_problems(exc), file, lines) from exc
+    config = Config(path=path, settings=settings)
+
+    problems += _check_profiles(config, profile_types)
+    problems += _check_references(config)
+    if not problems:
+        from .pipeline import build_pipelines
+
+        pipelines, pipeline_problems = build_pipelines(settings.pipelines, block_types, config)
+        problems += pipeline_problems
+        config.pipelines = pipelines
+    if problems:
+        raise ConfigError(problems, file, lines)
+    return config
+
+
+def installed(names: Any) -> str:
+    return ", ".join(sorted(names)) or "(none)"
+
+
+def _check_profiles(config: Config, profile_types: Mapping[str, Any]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for name, raw in config.settings.profiles.items():
+        where = f"profiles.{name}"
+        kind = raw.get("type")
+        if kind is None:
+            problems.append((f"{where}.type", f"required; installed profile types: {installed(profile_types)}"))
+            continue
+        if kind not in profile_types:
+            problems.append((f"{where}.type", f"unknown profile type {kind!r}; installed: "
+                             f"{installed(profile_types)}"))
+            continue
+        body = {k: v for k, v in raw.items() if k != "type"}
+        try:
+            config.profiles[name] = profile_types[kind].Settings.model_validate(body)
+        except ValidationError as exc:
+            problems += pydantic_problems(exc, where)
+    return problems
+
+
+def _check_references(config: Config) -> list[tuple[str, str]]:
+    s = config.settings
+    problems: list[tuple[str, str]] = []
+    for roster in s.rosters:
+        for i, user in enumerate(config.roster_users(roster)):
+            if user not in s.users:
+                suffix = f"[{i}]" if isinstance(s.rosters[roster], list) else f".users[{i}]"
+                problems.append((f"rosters.{roster}{suffix}",
+                                 f"unknown user {user!r}; known users: {installed(s.users)}"))
+    ids: dict[int, str] = {}
+    for name, user in s.users.items():
+        if user.id is not None:
+            if user.id in ids:
+                problems.append((f"users.{name}.id", f"id {user.id} is already used by {ids[user.id]!r}"))
+            ids[user.id] = name
+    for i, alarm in enumerate(s.alarms):
+        for transition, pipeline in alarm.pipelines.items():
+            if pipeline not in s.pipelines:
+                problems.append((f"alarms[{i}].pipelines.{transition}",
+                                 f"unknown pipeline {pipeline!r}; defined: {installed(s.pipelines)}"))
+    return problems

@@ -1,0 +1,366 @@
+"""The pipeline engine: one instance per (event, pipeline), each with branches that move through
+blocks, park in waits, and end; every step is traced and every state change stored.
+
+Dropout is immediate: when an event is acknowledged, cleared or shelved, each live instance whose
+pipeline drops out on that condition ends at once, its timers are cancelled and its unsent
+notifications withdrawn. Waits marked ``until_ack`` (Escalate) are resumed at once on an
+acknowledgement even when the pipeline does not drop out on it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import schema
+from .alarms import AlarmEvent, new_id, utcnow
+from .expressions import Expression
+from .pipeline import Fork, Jump, Next, Pipeline, Stop, Wait
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+RUNNING, DONE, DROPPED, CANCELLED, JUMPED, ERROR = (
+    "running", "done", "dropped", "cancelled", "jumped", "error")
+MAX_STEPS = 1000  # per run of a branch without waiting; loops are refused at load, this is a net
+
+
+@dataclass(slots=True)
+class Branch:
+    id: int
+    block: int
+    entered: datetime
+    wake_at: datetime | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    until_ack: bool = False
+    why: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "block": self.block, "entered": self.entered.isoformat(),
+                "wake_at": self.wake_at.isoformat() if self.wake_at else None,
+                "state": self.state, "until_ack": self.until_ack, "why": self.why}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Branch:
+        return cls(d["id"], d["block"], datetime.fromisoformat(d["entered"]),
+                   datetime.fromisoformat(d["wake_at"]) if d.get("wake_at") else None,
+                   d.get("state") or {}, bool(d.get("until_ack")), d.get("why", ""))
+
+
+@dataclass(slots=True)
+class Instance:
+    event: AlarmEvent
+    pipeline: Pipeline
+    id: str = field(default_factory=new_id)
+    status: str = RUNNING
+    branches: list[Branch] = field(default_factory=list)
+    properties: dict[str, Any] = field(default_factory=dict)
+    created: datetime = field(default_factory=utcnow)
+    ended: datetime | None = None
+    end_reason: str | None = None
+    next_branch: int = 0
+    stored: bool = False
+
+    def row(self) -> dict[str, Any]:
+        return {"id": self.id, "event_id": self.event.id, "pipeline": self.pipeline.name,
+                "status": self.status, "branches": [b.to_json() for b in self.branches],
+                "properties": _jsonable(self.properties), "created": self.created,
+                "updated": utcnow(), "ended": self.ended, "end_reason": self.end_reason}
+
+    def to_dict(self) -> dict[str, Any]:
+        now = utcnow()
+        return {
+            "id": self.id, "eventId": self.event.id, "source": self.event.source,
+            "pipeline": self.pipeline.name, "status": self.status, "properties": _jsonable(self.properties),
+            "created": self.created.isoformat(), "ended": self.ended.isoformat() if self.ended else None,
+            "endReason": self.end_reason,
+            "branches": [{
+                "id": b.id, "block": self.pipeline.blocks[b.block].name,
+                "blockType": self.pipeline.blocks[b.block].type_name,
+                "timeInBlock": round((now - b.entered).total_seconds(), 3),
+                "wakeAt": b.wake_at.isoformat() if b.wake_at else None, "why": b.why,
+            } for b in self.branches],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+class _Context:
+    """What a block sees while it runs (see pipeline.BlockContext)."""
+
+    __slots__ = ("branch", "engine", "instance")
+
+    def __init__(self, engine: Engine, instance: Instance, branch: Branch):
+        self.engine, self.instance, self.branch = engine, instance, branch
+
+    @property
+    def event(self) -> AlarmEvent:
+        return self.instance.event
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return self.instance.properties
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.engine.gateway
+
+    @property
+    def block(self) -> Any:
+        return self.instance.pipeline.blocks[self.branch.block]
+
+    def values(self) -> dict[str, Any]:
+        values = self.instance.event.template_values()
+        values.update(self.instance.properties)
+        return values
+
+    def evaluate(self, expression: Expression) -> Any:
+        return expression(self.values())
+
+    def notify(self, profiles: list[str], roster: str, message: str) -> int:
+        return self.engine.gateway.notify(self, profiles, roster, message)
+
+    def trace(self, action: str, why: str) -> None:
+        self.engine.trace(self.instance, self.branch, action, why)
+
+
+class Engine:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.live: dict[str, Instance] = {}
+        self.by_event: dict[str, dict[str, Instance]] = {}
+
+    # --- entering -------------------------------------------------------------------------
+
+    async def enter(self, event: AlarmEvent, pipeline_name: str, why: str,
+                    properties: dict[str, Any] | None = None) -> Instance | None:
+        """Start ``event`` in a pipeline; None when it is already there (one instance per pair)."""
+        pipeline = self.gateway.pipelines.get(pipeline_name)
+        if pipeline is None:
+            log.error("event %s names unknown pipeline %r", event.id, pipeline_name)
+            return None
+        existing = self.by_event.get(event.id, {}).get(pipeline_name)
+        if existing is not None:
+            self.trace(existing, None, "skip", f"already in this pipeline; not entered again ({why})")
+            return None
+        inst = Instance(event, pipeline, properties=dict(properties or {}))
+        self.live[inst.id] = inst
+        self.by_event.setdefault(event.id, {})[pipeline_name] = inst
+        branch = self._new_branch(inst, 0)
+        self.trace(inst, branch, "start", why)
+        await self._run(inst, branch)
+        self._save(inst)
+        return inst
+
+    def _new_branch(self, inst: Instance, block: int) -> Branch:
+        b = Branch(inst.next_branch, block, utcnow())
+        inst.next_branch += 1
+        inst.branches.append(b)
+        return b
+
+    # --- running --------------------------------------------------------------------------
+
+    async def _run(self, inst: Instance, branch: Branch, outcome: Any = None) -> None:
+        """Move a branch through blocks until it waits or ends; forks run after it."""
+        pending = [(branch, outcome)]
+        while pending:
+            br, out = pending.pop(0)
+            await self._run_branch(inst, br, out, pending)
+            if inst.status != RUNNING:
+                return
+        if not inst.branches:
+            self._end(inst, DONE, inst.end_reason or "every branch ended")
+
+    async def _run_branch(self, inst: Instance, br: Branch, outcome: Any,
+                          pending: list[tuple[Branch, Any]]) -> None:
+        pipeline = inst.pipeline
+        steps = 0
+        while True:
+            block = pipeline.blocks[br.block]
+            if outcome is None:
+                steps += 1
+                if steps > MAX_STEPS:
+                    self.trace(inst, br, "error", f"{MAX_STEPS} steps without a wait; branch stopped")
+                    self._drop_branch(inst, br, "runaway loop")
+                    return
+                self.trace(inst, br, "enter", "")
+                try:
+                    outcome = block.enter(_Context(self, inst, br))
+                    if inspect.isawaitable(outcome):
+                        outcome = await outcome
+                except Exception as exc:
+                    log.exception("block %r failed", block)
+                    outcome = Stop(why=f"block error: {type(exc).__name__}: {exc}")
+                if inst.status != RUNNING:  # dropped while an async block ran
+                    return
+            why = getattr(outcome, "why", "")
+            if isinstance(outcome, Next):
+                try:
+                    nxt = pipeline.resolve(block, outcome.target)
+                except KeyError:
+                    self.trace(inst, br, "error", f"unknown block {outcome.target!r}")
+                    nxt = None
+                self.trace(inst, br, "leave", why)
+                if nxt is None:
+                    self._drop_branch(inst, br, why or "end of pipeline")
+                    return
+                br.block, br.entered, br.state, br.why = nxt, utcnow(), {}, ""
+            elif isinstance(outcome, Wait):
+                br.wake_at = utcnow() + timedelta(seconds=outcome.seconds)
+                br.state, br.until_ack, br.why = dict(outcome.state), outcome.until_ack, why
+                self.trace(inst, br, "wait", why)
+                self._arm(inst, br)
+                return
+            elif isinstance(outcome, Fork):
+                self.trace(inst, br, "leave", why)
+                targets = [pipeline.resolve(block, t) for t in outcome.targets]
+                targets = [t for t in targets if t is not None]
+                if not targets:
+                    self._drop_branch(inst, br, why)
+                    return
+                for t in targets[1:]:
+                    pending.append((self._new_branch(inst, t), None))
+                br.block, br.entered, br.state = targets[0], utcnow(), {}
+            elif isinstance(outcome, Jump):
+                self.trace(inst, br, "leave", why)
+                self._end(inst, JUMPED, why)
+                target = outcome.pipeline
+                await self.enter(inst.event, target, f"jumped from {pipeline.name}", inst.properties)
+                return
+            else:  # Stop
+                self.trace(inst, br, "leave", why or "stopped")
+                self._drop_branch(inst, br, why or "stopped")
+                return
+            outcome = None
+
+    def _drop_branch(self, inst: Instance, br: Branch, why: str) -> None:
+        if br in inst.branches:
+            inst.branches.remove(br)
+        inst.end_reason = why
+
+    def _arm(self, inst: Instance, br: Branch) -> None:
+        assert br.wake_at is not None
+        self.gateway.timers.at(f"wait:{inst.id}:{br.id}", br.wake_at, self._wake, inst.id, br.id, "timer")
+
+    async def _wake(self, instance_id: str, branch_id: int, reason: str) -> None:
+        inst = self.live.get(instance_id)
+        if inst is None or inst.status != RUNNING:
+            return
+        br = next((b for b in inst.branches if b.id == branch_id), None)
+        if br is None or br.wake_at is None:
+            return
+        block = inst.pipeline.blocks[br.block]
+        state, br.wake_at, br.until_ack = br.state, None, False
+        self.trace(inst, br, "resume", reason)
+        try:
+            outcome = block.resume(_Context(self, inst, br), state, reason)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except Exception as exc:
+            log.exception("block %r failed on resume", block)
+            outcome = Stop(why=f"block error: {type(exc).__name__}: {exc}")
+        if inst.status == RUNNING:
+            await self._run(inst, br, outcome)
+        self._save(inst)
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def _end(self, inst: Instance, status: str, why: str) -> None:
+        if inst.status != RUNNING:
+            return
+        for br in inst.branches:
+            if br.wake_at is not None:
+                self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
+        inst.status, inst.ended, inst.end_reason = status, utcnow(), why
+        inst.branches = []
+        self.trace(inst, None, "end" if status in (DONE, JUMPED) else status, why)
+        self.live.pop(inst.id, None)
+        pipes = self.by_event.get(inst.event.id)
+        if pipes is not None:
+            if pipes.get(inst.pipeline.name) is inst:
+                del pipes[inst.pipeline.name]
+            if not pipes:
+                del self.by_event[inst.event.id]
+        if status in (DROPPED, CANCELLED):
+            self.gateway.dispatcher.cancel_instance(inst.id, why)
+        self._save(inst)
+
+    async def on_transition(self, event: AlarmEvent, transition: str, why: str) -> None:
+        """Apply dropout (at once) and wake acknowledgement waits for an event's transition."""
+        for inst in list(self.by_event.get(event.id, {}).values()):
+            if transition in inst.pipeline.dropout:
+                self._end(inst, DROPPED, why)
+            elif transition == "acknowledged":
+                for br in [b for b in inst.branches if b.until_ack and b.wake_at is not None]:
+                    self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
+                    await self._wake(inst.id, br.id, why)
+
+    def cancel(self, instance_id: str, why: str) -> Instance | None:
+        inst = self.live.get(instance_id)
+        if inst is not None:
+            self._end(inst, CANCELLED, why)
+        return inst
+
+    # --- storage --------------------------------------------------------------------------
+
+    def _save(self, inst: Instance) -> None:
+        row = inst.row()
+        if not inst.stored:
+            inst.stored = True
+            self.gateway.store.insert(schema.pipeline_instances, row)
+        else:
+            del row["id"], row["event_id"], row["pipeline"], row["created"]
+            self.gateway.store.update(schema.pipeline_instances, inst.id, row)
+
+    def trace(self, inst: Instance, branch: Branch | None, action: str, why: str) -> None:
+        block = inst.pipeline.blocks[branch.block].name if branch is not None else None
+        self.gateway.store.insert(schema.traces, {
+            "instance_id": inst.id, "event_id": inst.event.id, "ts": utcnow(),
+            "branch": branch.id if branch is not None else -1, "block": block,
+            "action": action, "why": why})
+
+    def restore(self, row: dict[str, Any], event: AlarmEvent) -> None:
+        """Bring back a running instance from the store at start and re-arm its waits."""
+        pipeline = self.gateway.pipelines.get(row["pipeline"])
+        if pipeline is None:
+            log.error("instance %s: pipeline %r is no longer configured; cancelling", row["id"], row["pipeline"])
+            self.gateway.store.update(schema.pipeline_instances, row["id"], {
+                "status": CANCELLED, "ended": utcnow(), "updated": utcnow(),
+                "end_reason": f"pipeline {row['pipeline']!r} removed from the config"})
+            return
+        branches = [Branch.from_json(b) for b in row["branches"]]
+        inst = Instance(event, pipeline, id=row["id"], branches=branches,
+                        properties=row["properties"] or {}, created=row["created"], stored=True,
+                        next_branch=max((b.id for b in branches), default=-1) + 1)
+        for br in branches:
+            if br.block >= len(pipeline.blocks):
+                br.block = len(pipeline.blocks) - 1
+        self.live[inst.id] = inst
+        self.by_event.setdefault(event.id, {})[pipeline.name] = inst
+        for br in branches:
+            if br.wake_at is not None:
+                self._arm(inst, br)
+            else:
+                # Stored mid-step (cannot happen with the current writer, but a hand-edited or
+                # older row must not stall forever): run the block again.
+                self.gateway.timers.at(f"wait:{inst.id}:{br.id}", utcnow(), self._rerun, inst.id, br.id)
+
+    async def _rerun(self, instance_id: str, branch_id: int) -> None:
+        inst = self.live.get(instance_id)
+        br = next((b for b in inst.branches if b.id == branch_id), None) if inst else None
+        if inst is not None and br is not None:
+            await self._run(inst, br)
+            self._save(inst)

@@ -1,0 +1,42 @@
+"""Errors a user sees: each carries what went wrong in words that name the place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AnnunciatorError(Exception):
+    """Base for errors reported to a person rather than as a traceback."""
+
+
+class ConfigError(AnnunciatorError):
+    """An invalid configuration: every problem found, each with the file, key path and line."""
+
+    def __init__(self, problems: list[tuple[str, str]], file: str = "", lines: Any = None):
+        self.problems = problems
+        self.file = file
+        self.lines = lines or {}
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        out = []
+        for path, message in self.problems:
+            where = self.file
+            line = self.lines.get(path) if path else None
+            if line:
+                where = f"{where}:{line}" if where else f"line {line}"
+            prefix = f"{where}: " if where else ""
+            out.append(f"{prefix}{path}: {message}" if path else f"{prefix}{message}")
+        return "\n".join(out)
+
+
+class NotFound(AnnunciatorError):
+    """The thing asked for does not exist (HTTP 404)."""
+
+
+class Conflict(AnnunciatorError):
+    """The request contradicts the current state, e.g. acknowledging twice (HTTP 409)."""
+
+
+class Invalid(AnnunciatorError):
+    """The request is well-formed but not acceptable, e.g. missing required ack notes (HTTP 422)."""

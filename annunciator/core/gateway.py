@@ -1,0 +1,634 @@
+"""The gateway: wires config, store, plugins, engine, dispatcher and timers, and owns the alarm
+lifecycle (raise, clear, acknowledge, shelve) that the HTTP API, the CLI and scripts call."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from ..tags.provider import TagProvider
+from . import schema
+from .alarms import AckMode, AlarmEvent, Priority, Transition, render_message, utcnow
+from .config import Config, check_pipeline_keys
+from .engine import Engine, Instance
+from .errors import Conflict, Invalid, NotFound
+from .notifications import PENDING, Dispatcher, Notification
+from .pipeline import Pipeline
+from .plugins import PluginManager
+from .profiles import NotificationProfile
+from .store import Store
+from .timers import Timers
+from .users import User, load_secret, set_pin
+
+log = logging.getLogger(__name__)
+
+SYSTEM_USER = "system"
+
+
+class AlarmSpec(BaseModel):
+    """An alarm as a source raises it (HTTP API, CLI, scripts). Keys are camelCase as in
+    Ignition (``displayPath``, ``eventValue``); snake_case is accepted too."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    source: str = Field(min_length=1, max_length=500)
+    name: str | None = Field(None, max_length=500)
+    display_path: str | None = Field(None, max_length=500)
+    label: str | None = Field(None, max_length=500)
+    priority: Priority | None = None
+    event_value: Any = None
+    notes: str = ""
+    ack_mode: AckMode | None = None
+    ack_notes_required: bool | None = None
+    properties: dict[str, Any] = {}
+    pipelines: dict[str, str] = {}
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: Any) -> Priority | None:
+        return None if v is None else Priority.parse(v)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _transitions(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_pipeline_keys(v)
+
+
+class Gateway:
+    def __init__(self, config: Config, plugins: PluginManager):
+        self.config = config
+        self.plugins = plugins
+        self.hook = plugins.hook
+        self.pipelines: dict[str, Pipeline] = config.pipelines
+        self.store = Store(config.database_url)
+        self.timers = Timers()
+        self.engine = Engine(self)
+        g = config.gateway
+        self.dispatcher = Dispatcher(self, g.retry, g.max_concurrent_sends)
+        self.tags = TagProvider()
+        self.events: dict[str, AlarmEvent] = {}   # every event not yet cleared-and-acknowledged
+        self.current: dict[str, AlarmEvent] = {}  # source -> its active event
+        self.shelves: dict[str, dict[str, Any]] = {}
+        self.users: dict[str, User] = {}
+        self.users_by_id: dict[int, User] = {}
+        self.profiles: dict[str, NotificationProfile] = {}
+        self.secret = b""
+        self.started = False
+        types = plugins.profile_types()
+        for name, settings in config.profiles.items():
+            kind = config.settings.profiles[name]["type"]
+            self.profiles[name] = types[kind](name, settings, self)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.store.open, loop)
+        self.secret = load_secret(self.config.resolve(self.config.gateway.secret_file))
+        await self._sync_users()
+        for profile in self.profiles.values():
+            await profile.start()
+        self._define_tags()
+        self.hook.annunciator_register_tags(gateway=self, tags=self.tags)
+        await self._recover()
+        self.timers.start()
+        for result in self.hook.annunciator_startup(gateway=self):
+            if inspect.isawaitable(result):
+                await result
+        self.started = True
+        log.info("gateway %s started: %d pipelines, %d profiles, %d users, %d open events, %d running instances",
+                 self.config.gateway.name, len(self.pipelines), len(self.profiles), len(self.users),
+                 len(self.events), len(self.engine.live))
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        for result in self.hook.annunciator_shutdown(gateway=self):
+            if inspect.isawaitable(result):
+                await result
+        self.timers.stop()
+        await self.dispatcher.drain()
+        for profile in self.profiles.values():
+            await profile.stop()
+        await self.store.close()
+
+    async def _sync_users(self) -> None:
+        """Config users are the source of truth for names and contacts; PIN hashes, lockout
+        counters and numeric ids live in the database."""
+        configured = self.config.settings.users
+
+        def load(conn: sa.Connection) -> list[dict[str, Any]]:
+            return [dict(r._mapping) for r in conn.execute(sa.select(schema.users))]
+
+        stored = {r["username"]: r for r in await self.store.read(load)}
+        next_id = max([r["id"] for r in stored.values()] + [u.id or 0 for u in configured.values()] + [0]) + 1
+        for username, us in configured.items():
+            row = stored.get(username)
+            user = User(username=username, name=us.name, language=us.language,
+                        contacts=dict(us.contacts))  # type: ignore[arg-type]
+            if row is not None:
+                user.id = row["id"]
+                user.pin_hash, user.pin_salt = row["pin_hash"], row["pin_salt"]
+                user.pin_failures, user.locked_until = row["pin_failures"], row["locked_until"]
+            else:
+                user.id = us.id or next_id
+                next_id = max(next_id, user.id) + 1
+            if us.pin is not None and (not user.pin_hash or not _pin_matches(self.secret, user, us.pin)):
+                set_pin(user, self.secret, us.pin)
+            values = {"username": username, "name": user.name, "language": user.language,
+                      "contacts": user.contacts, "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
+                      "pin_failures": user.pin_failures, "locked_until": user.locked_until}
+            if row is None:
+                self.store.insert(schema.users, {"id": user.id, **values})
+            else:
+                self.store.update(schema.users, user.id, values)
+            self.users[username] = user
+            self.users_by_id[user.id] = user
+        await self.store.commit()
+
+    def save_user(self, user: User) -> None:
+        """Persist PIN and lockout state after a check."""
+        self.store.update(schema.users, user.id, {
+            "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
+            "pin_failures": user.pin_failures, "locked_until": user.locked_until})
+
+    async def _recover(self) -> None:
+        """Load open events, shelves, running pipeline instances and unsent notifications."""
+        now = utcnow()
+
+        def load(conn: sa.Connection) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+            inst = [dict(r._mapping) for r in conn.execute(
+                sa.select(schema.pipeline_instances).where(schema.pipeline_instances.c.status == "running"))]
+            ids = {r["event_id"] for r in inst}
+            notes = [dict(r._mapping) for r in conn.execute(
+                sa.select(schema.notifications).where(schema.notifications.c.status == PENDING))]
+            for n in notes:
+                ids.update(n["event_ids"])
+            ev = schema.alarm_events
+            events = [dict(r._mapping) for r in conn.execute(sa.select(ev).where(
+                sa.or_(ev.c.done.is_(False), ev.c.id.in_(ids) if ids else sa.false())))]
+            shelves = [dict(r._mapping) for r in conn.execute(sa.select(schema.shelves))]
+            return events, shelves, inst, notes
+
+        events, shelves, instances, pending = await self.store.read(load)
+        for row in events:
+            event = _event_from_row(row)
+            self.events[event.id] = event
+            if event.active:
+                self.current[event.source] = event
+        for row in shelves:
+            self.shelves[row["source"]] = row
+            if row["expires_at"] > now:
+                self.timers.at(f"shelf:{row['source']}", row["expires_at"], self._shelf_expired, row["source"])
+        for row in instances:
+            event = self.events.get(row["event_id"])
+            if event is not None:
+                self.engine.restore(row, event)
+        for row in pending:
+            user = self.users.get(row["username"])
+            evs = [self.events[i] for i in row["event_ids"] if i in self.events]
+            if user is None or not evs:
+                self.store.update(schema.notifications, row["id"], {
+                    "status": "failed", "updated": now,
+                    "last_error": "user or event no longer exists after restart"})
+                continue
+            n = Notification(profile=row["profile"], user=user, message=row["message"], events=evs,
+                             contact_type=row["contact_type"], contact=row["contact"],
+                             instance_id=row["instance_id"], pipeline=row["pipeline"], block=row["block"],
+                             id=row["id"], idempotency_key=row["idempotency_key"],
+                             attempts=row["attempts"], created=row["created"])
+            log.info("resending notification %s to %s (pending at shutdown)", n.id, user.username)
+            self.dispatcher.submit_committed(n)
+        self._update_alarm_tags()
+
+    # --- tags -----------------------------------------------------------------------------
+
+    def _define_tags(self) -> None:
+        for name in ("ActiveUnacked", "ActiveAcked", "ClearUnacked", "Shelved"):
+            self.tags.define(f"System/Gateway/Alarms/{name}", "Int4", 0)
+        for name in ("Sent", "Failed"):
+            self.tags.define(f"System/Gateway/Notifications/{name}", "Int8", 0)
+        self.tags.define("System/Gateway/Pipelines/Running", "Int4", 0)
+
+    def _update_alarm_tags(self) -> None:
+        counts = {"ActiveUnacked": 0, "ActiveAcked": 0, "ClearUnacked": 0, "Shelved": 0}
+        for e in self.events.values():
+            if e.shelved:
+                counts["Shelved"] += 1
+            elif e.state in counts:
+                counts[e.state] += 1
+        for name, value in counts.items():
+            if self.tags.read(f"System/Gateway/Alarms/{name}").value != value:
+                self.tags.write(f"System/Gateway/Alarms/{name}", value)
+        self.tags.write("System/Gateway/Pipelines/Running", len(self.engine.live))
+        self.tags.write("System/Gateway/Notifications/Sent", self.dispatcher.sent)
+        self.tags.write("System/Gateway/Notifications/Failed", self.dispatcher.failed)
+
+    # --- alarm lifecycle ------------------------------------------------------------------
+
+    def definition_for(self, source: str) -> Any:
+        for d in self.config.settings.alarms:
+            if fnmatch.fnmatchcase(source, d.source):
+                return d
+        return None
+
+    async def raise_alarms(self, specs: Iterable[AlarmSpec]) -> list[tuple[AlarmEvent, bool]]:
+        """Make events active. A source already active returns its event (created False)."""
+        out = []
+        entering: list[tuple[AlarmEvent, str]] = []
+        for spec in specs:
+            existing = self.current.get(spec.source)
+            if existing is not None:
+                out.append((existing, False))
+                continue
+            event = self._new_event(spec)
+            for transition, pipeline in event.pipelines.items():
+                if pipeline not in self.pipelines:
+                    raise Invalid(f"pipelines.{transition}: unknown pipeline {pipeline!r}; "
+                                  f"defined: {', '.join(sorted(self.pipelines)) or '(none)'}")
+            self.events[event.id] = event
+            self.current[event.source] = event
+            self.store.insert(schema.alarm_events, _event_row(event))
+            self._journal(event, Transition.ACTIVE, None, event.notes)
+            if event.acknowledged:
+                self._journal(event, Transition.ACKNOWLEDGED, SYSTEM_USER, "ack mode unused")
+            if event.shelved:
+                self._journal(event, Transition.SHELVED, None, "raised while its source is shelved")
+            self.hook.annunciator_alarm_event(gateway=self, event=event, transition="active")
+            if not event.shelved and "active" in event.pipelines:
+                entering.append((event, event.pipelines["active"]))
+            out.append((event, True))
+        for event, pipeline in entering:
+            await self.engine.enter(event, pipeline, "event active")
+        self._update_alarm_tags()
+        return out
+
+    def _new_event(self, spec: AlarmSpec) -> AlarmEvent:
+        d = self.definition_for(spec.source)
+
+        def pick(value: Any, attr: str, default: Any) -> Any:
+            if value is not None:
+                return value
+            if d is not None and getattr(d, attr) is not None:
+                return getattr(d, attr)
+            return default
+
+        pipelines = dict(d.pipelines) if d is not None else {}
+        pipelines.update(spec.pipelines)
+        properties = dict(d.properties) if d is not None else {}
+        properties.update(spec.properties)
+        event = AlarmEvent(
+            source=spec.source,
+            name=pick(spec.name, "name", spec.source.rsplit("/", 1)[-1]),
+            priority=pick(spec.priority, "priority", Priority.MEDIUM),
+            display_path=pick(spec.display_path, "display_path", ""),
+            label=spec.label or "",
+            event_value=spec.event_value,
+            notes=spec.notes,
+            ack_mode=pick(spec.ack_mode, "ack_mode", AckMode.MANUAL),
+            ack_notes_required=pick(spec.ack_notes_required, "ack_notes_required", False),
+            properties=properties,
+            pipelines=pipelines,
+        )
+        if event.ack_mode == AckMode.UNUSED:
+            event.ack_time, event.ack_user = event.active_time, SYSTEM_USER
+        shelf = self.shelves.get(event.source)
+        if shelf is not None and shelf["expires_at"] > event.active_time:
+            event.shelved = True
+        return event
+
+    def get_event(self, event_id: str) -> AlarmEvent:
+        event = self.events.get(event_id)
+        if event is None:
+            raise NotFound(f"no open alarm event {event_id!r}")
+        return event
+
+    async def clear(self, event_ids: list[str], user: str | None = None, notes: str = "") -> list[AlarmEvent]:
+        events = [self.get_event(i) for i in event_ids]
+        for e in events:
+            if not e.active:
+                raise Conflict(f"alarm event {e.id} ({e.source}) is already cleared")
+        for event in events:
+            event.clear_time = utcnow()
+            if self.current.get(event.source) is event:
+                del self.current[event.source]
+            self._journal(event, Transition.CLEARED, user, notes)
+            self.hook.annunciator_alarm_event(gateway=self, event=event, transition="cleared")
+            await self.engine.on_transition(event, "cleared", f"cleared{_by(user)}")
+            if event.ack_mode == AckMode.AUTO and not event.acknowledged:
+                await self._ack(event, SYSTEM_USER, "auto-acknowledged on clear")
+            self._save_event(event)
+            if "cleared" in event.pipelines:
+                await self.engine.enter(event, event.pipelines["cleared"], "event cleared")
+            self._forget_if_done(event)
+        self._update_alarm_tags()
+        return events
+
+    async def clear_sources(self, sources: list[str], user: str | None = None, notes: str = "") -> list[AlarmEvent]:
+        ids = []
+        for s in sources:
+            event = self.current.get(s)
+            if event is None:
+                raise NotFound(f"no active alarm for source {s!r}")
+            ids.append(event.id)
+        return await self.clear(ids, user, notes)
+
+    async def acknowledge(self, event_ids: list[str], user: str, notes: str = "") -> list[AlarmEvent]:
+        """Acknowledge events: every pipeline carrying them drops out at once (per its dropout)."""
+        events = [self.get_event(i) for i in event_ids]
+        for e in events:
+            if e.acknowledged:
+                raise Conflict(f"alarm event {e.id} ({e.source}) is already acknowledged"
+                               f"{_by(e.ack_user)}")
+            if e.ack_notes_required and not notes.strip():
+                raise Invalid(f"alarm event {e.id} ({e.source}) requires acknowledgement notes")
+        for event in events:
+            await self._ack(event, user, notes)
+            self._save_event(event)
+            self._forget_if_done(event)
+        self._update_alarm_tags()
+        return events
+
+    async def _ack(self, event: AlarmEvent, user: str, notes: str) -> None:
+        event.ack_time, event.ack_user, event.ack_notes = utcnow(), user, notes
+        self._journal(event, Transition.ACKNOWLEDGED, user, notes)
+        self.hook.annunciator_alarm_event(gateway=self, event=event, transition="acknowledged")
+        await self.engine.on_transition(event, "acknowledged", f"acknowledged{_by(user)}")
+        if "acknowledged" in event.pipelines:
+            await self.engine.enter(event, event.pipelines["acknowledged"], "event acknowledged")
+
+    async def shelve(self, sources: list[str], minutes: float, user: str | None = None, notes: str = "") -> datetime:
+        if minutes <= 0:
+            raise Invalid("shelve time must be more than 0 minutes")
+        now = utcnow()
+        expires = now + timedelta(minutes=minutes)
+        for source in sources:
+            row = {"source": source, "expires_at": expires, "user": user, "notes": notes, "created": now}
+            if source in self.shelves:
+                self.store.update(schema.shelves, source, {k: v for k, v in row.items() if k != "source"})
+            else:
+                self.store.insert(schema.shelves, row)
+            self.shelves[source] = row
+            self.timers.at(f"shelf:{source}", expires, self._shelf_expired, source)
+            for event in [e for e in self.events.values() if e.source == source and not e.shelved]:
+                event.shelved = True
+                self._journal(event, Transition.SHELVED, user, notes or f"shelved for {minutes:g} min")
+                self.hook.annunciator_alarm_event(gateway=self, event=event, transition="shelved")
+                await self.engine.on_transition(event, "shelved", f"shelved{_by(user)}")
+                self._save_event(event)
+        self._update_alarm_tags()
+        return expires
+
+    async def unshelve(self, sources: list[str], user: str | None = None, why: str = "unshelved") -> None:
+        now = utcnow()
+        for source in sources:
+            shelf = self.shelves.get(source)
+            if shelf is None or shelf["expires_at"] <= now and why != "shelf expired":
+                raise NotFound(f"source {source!r} is not shelved")
+            shelf["expires_at"] = now
+            self.store.update(schema.shelves, source, {"expires_at": now})
+            self.timers.cancel(f"shelf:{source}")
+            for event in [e for e in self.events.values() if e.source == source and e.shelved]:
+                event.shelved = False
+                self._journal(event, Transition.UNSHELVED, user, why)
+                self.hook.annunciator_alarm_event(gateway=self, event=event, transition="unshelved")
+                self._save_event(event)
+                # Still active and unacknowledged once the shelf is gone: it must reach people.
+                if event.active and not event.acknowledged and "active" in event.pipelines:
+                    await self.engine.enter(event, event.pipelines["active"], f"{why}; still active")
+        self._update_alarm_tags()
+
+    async def _shelf_expired(self, source: str) -> None:
+        shelf = self.shelves.get(source)
+        if shelf is not None and shelf["expires_at"] <= utcnow() + timedelta(seconds=1):
+            await self.unshelve([source], SYSTEM_USER, "shelf expired")
+
+    def shelved_sources(self) -> list[dict[str, Any]]:
+        now = utcnow()
+        return [{"source": s, "expiresAt": r["expires_at"].isoformat(), "user": r["user"], "notes": r["notes"]}
+                for s, r in sorted(self.shelves.items()) if r["expires_at"] > now]
+
+    def _journal(self, event: AlarmEvent, action: str, user: str | None, notes: str | None) -> None:
+        self.store.insert(schema.journal, {"event_id": event.id, "source": event.source, "ts": utcnow(),
+                                           "action": str(action), "user": user, "notes": notes or None})
+
+    def _save_event(self, event: AlarmEvent) -> None:
+        row = _event_row(event)
+        del row["id"]
+        self.store.update(schema.alarm_events, event.id, row)
+
+    def _forget_if_done(self, event: AlarmEvent) -> None:
+        if event.done and not self.engine.by_event.get(event.id):
+            self.events.pop(event.id, None)
+
+    # --- notifying ------------------------------------------------------------------------
+
+    def resolve_roster(self, roster: str, event: AlarmEvent, at: datetime | None = None) -> list[User]:
+        at = at or utcnow()
+        chosen = self.hook.annunciator_resolve_roster(gateway=self, roster=roster, event=event, at=at)
+        if chosen is not None:
+            return list(chosen)
+        return [self.users[u] for u in self.config.roster_users(roster) if u in self.users]
+
+    def notify(self, ctx: Any, profiles: list[str], roster: str, message: str) -> int:
+        """Queue notifications for a block (called by the engine through the block context)."""
+        event = ctx.event
+        users = self.resolve_roster(roster, event)
+        if not users:
+            ctx.trace("notify-failed", f"roster {roster} has nobody to notify")
+            return 0
+        text = render_message(message, ctx.values())
+        block = ctx.block
+        count = 0
+        for user in users:
+            for pname in profiles:
+                profile = self.profiles[pname]
+                if profile.contact_types:
+                    contacts = [(t, c) for t in profile.contact_types for c in user.contacts.get(t, [])]
+                    if not contacts:
+                        ctx.trace("notify-failed", f"{user.username} has no {'/'.join(profile.contact_types)} "
+                                                   f"contact for profile {pname}")
+                        continue
+                else:
+                    contacts = [(None, None)]
+                for ctype, contact in contacts:
+                    n = Notification(profile=pname, user=user, message=text, events=[event],
+                                     contact_type=ctype, contact=contact, instance_id=ctx.instance.id,
+                                     pipeline=ctx.instance.pipeline.name, block=block.name)
+                    self.store.insert(schema.notifications, n.row())
+                    self.dispatcher.submit(n)
+                    ctx.trace("notify", f"{user.username} via {pname}" + (f" ({contact})" if contact else "")
+                              + f" [notification {n.id}]")
+                    count += 1
+        return count
+
+    # --- queries --------------------------------------------------------------------------
+
+    def query_status(self, *, state: str | None = None, priority: Any = None, source: str | None = None,
+                     display_path: str | None = None) -> list[AlarmEvent]:
+        """Open events filtered like Ignition's queryStatus (globs for source and display path)."""
+        out = []
+        min_priority = Priority.parse(priority) if priority not in (None, "") else None
+        for e in self.events.values():
+            if state and e.state.lower() != state.lower() and not (
+                    state.lower() == "active" and e.active) and not (
+                    state.lower() == "unacked" and not e.acknowledged):
+                continue
+            if min_priority is not None and e.priority < min_priority:
+                continue
+            if source and not fnmatch.fnmatchcase(e.source, source):
+                continue
+            if display_path and not fnmatch.fnmatchcase(e.display_path, display_path):
+                continue
+            out.append(e)
+        out.sort(key=lambda e: (-int(e.priority), e.active_time))
+        return out
+
+    async def find_event(self, event_id: str) -> AlarmEvent:
+        event = self.events.get(event_id)
+        if event is not None:
+            return event
+
+        def load(conn: sa.Connection) -> Any:
+            return conn.execute(sa.select(schema.alarm_events).where(schema.alarm_events.c.id == event_id)).first()
+
+        row = await self.store.read(load)
+        if row is None:
+            raise NotFound(f"no alarm event {event_id!r}")
+        return _event_from_row(dict(row._mapping))
+
+    async def journal(self, *, event_id: str | None = None, source: str | None = None,
+                      since: datetime | None = None, until: datetime | None = None,
+                      limit: int = 500) -> list[dict[str, Any]]:
+        j = schema.journal
+
+        def load(conn: sa.Connection) -> list[dict[str, Any]]:
+            q = sa.select(j).order_by(j.c.id.desc()).limit(limit)
+            if event_id:
+                q = q.where(j.c.event_id == event_id)
+            if source:
+                q = q.where(j.c.source == source)
+            if since:
+                q = q.where(j.c.ts >= since)
+            if until:
+                q = q.where(j.c.ts <= until)
+            return [{"id": r.id, "eventId": r.event_id, "source": r.source, "ts": r.ts.isoformat(),
+                     "action": r.action, "user": r.user, "notes": r.notes} for r in conn.execute(q)]
+
+        return list(reversed(await self.store.read(load)))
+
+    async def instances_of(self, event_id: str) -> list[dict[str, Any]]:
+        pi = schema.pipeline_instances
+
+        def load(conn: sa.Connection) -> list[dict[str, Any]]:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(pi).where(pi.c.event_id == event_id).order_by(pi.c.created))]
+
+        out = []
+        for row in await self.store.read(load):
+            live = self.engine.live.get(row["id"])
+            out.append(live.to_dict() if live else _instance_summary(row))
+        return out
+
+    async def instance(self, instance_id: str) -> dict[str, Any]:
+        live = self.engine.live.get(instance_id)
+        if live is not None:
+            data = live.to_dict()
+        else:
+            pi = schema.pipeline_instances
+            row = await self.store.read(lambda c: c.execute(sa.select(pi).where(pi.c.id == instance_id)).first())
+            if row is None:
+                raise NotFound(f"no pipeline instance {instance_id!r}")
+            data = _instance_summary(dict(row._mapping))
+        data["trace"] = await self.traces(instance_id=instance_id)
+        return data
+
+    async def traces(self, *, instance_id: str | None = None, event_id: str | None = None) -> list[dict[str, Any]]:
+        t = schema.traces
+
+        def load(conn: sa.Connection) -> list[dict[str, Any]]:
+            q = sa.select(t).order_by(t.c.id)
+            q = q.where(t.c.instance_id == instance_id) if instance_id else q.where(t.c.event_id == event_id)
+            return [{"ts": r.ts.isoformat(), "instanceId": r.instance_id, "branch": r.branch,
+                     "block": r.block, "action": r.action, "why": r.why} for r in conn.execute(q)]
+
+        return await self.store.read(load)
+
+    async def notifications_of(self, event_id: str) -> list[dict[str, Any]]:
+        n = schema.notifications
+
+        def load(conn: sa.Connection) -> list[dict[str, Any]]:
+            pi = schema.pipeline_instances
+            ids = sa.select(pi.c.id).where(pi.c.event_id == event_id)
+            rows = conn.execute(sa.select(n).where(n.c.instance_id.in_(ids)).order_by(n.c.created))
+            return [{"id": r.id, "user": r.username, "profile": r.profile, "contactType": r.contact_type,
+                     "contact": r.contact, "message": r.message, "status": r.status, "attempts": r.attempts,
+                     "lastError": r.last_error, "providerId": r.provider_id, "pipeline": r.pipeline,
+                     "block": r.block, "created": r.created.isoformat(),
+                     "sentAt": r.sent_at.isoformat() if r.sent_at else None}
+                    for r in rows if event_id in r.event_ids]
+
+        return await self.store.read(load)
+
+    async def story(self, event_id: str) -> dict[str, Any]:
+        """Everything that happened to one event: journal, pipelines with traces, notifications."""
+        event = await self.find_event(event_id)
+        return {"event": event.to_dict(), "journal": await self.journal(event_id=event_id),
+                "instances": await self.instances_of(event_id),
+                "trace": await self.traces(event_id=event_id),
+                "notifications": await self.notifications_of(event_id)}
+
+    def cancel_instance(self, instance_id: str, user: str | None = None) -> Instance:
+        inst = self.engine.cancel(instance_id, f"cancelled{_by(user)}")
+        if inst is None:
+            raise NotFound(f"no running pipeline instance {instance_id!r}")
+        return inst
+
+
+def _by(user: str | None) -> str:
+    return f" by {user}" if user else ""
+
+
+def _pin_matches(secret: bytes, user: User, pin: str) -> bool:
+    import hmac
+
+    from .users import hash_pin
+
+    return bool(user.pin_salt) and hmac.compare_digest(hash_pin(secret, user.pin_salt or "", pin), user.pin_hash or "")
+
+
+def _event_row(e: AlarmEvent) -> dict[str, Any]:
+    return {"id": e.id, "source": e.source, "display_path": e.display_path, "name": e.name,
+            "label": e.label, "priority": int(e.priority), "event_value": e.event_value, "notes": e.notes,
+            "ack_mode": str(e.ack_mode), "ack_notes_required": e.ack_notes_required,
+            "properties": e.properties, "pipelines": e.pipelines, "active_time": e.active_time,
+            "clear_time": e.clear_time, "ack_time": e.ack_time, "ack_user": e.ack_user,
+            "ack_notes": e.ack_notes, "shelved": e.shelved, "done": e.done}
+
+
+def _event_from_row(r: dict[str, Any]) -> AlarmEvent:
+    return AlarmEvent(
+        id=r["id"], source=r["source"], display_path=r["display_path"], name=r["name"], label=r["label"],
+        priority=Priority(r["priority"]), event_value=r["event_value"], notes=r["notes"],
+        ack_mode=AckMode(r["ack_mode"]), ack_notes_required=r["ack_notes_required"],
+        properties=r["properties"] or {}, pipelines=r["pipelines"] or {}, active_time=r["active_time"],
+        clear_time=r["clear_time"], ack_time=r["ack_time"], ack_user=r["ack_user"], ack_notes=r["ack_notes"],
+        shelved=r["shelved"])
+
+
+def _instance_summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "eventId": row["event_id"], "pipeline": row["pipeline"], "status": row["status"],
+            "properties": row["properties"], "created": row["created"].isoformat(),
+            "ended": row["ended"].isoformat() if row["ended"] else None, "endReason": row["end_reason"],
+            "branches": []}

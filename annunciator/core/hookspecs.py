@@ -1,0 +1,116 @@
+"""The plugin contract: every extension point of annunciator, one hook each.
+
+A plugin is a module or object with functions named like the hooks below, decorated with
+``annunciator.hookimpl``; it is found through the ``annunciator`` entry-point group. The built-in
+profiles and blocks are registered the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from ..tags.provider import TagProvider
+    from .alarms import AlarmEvent
+    from .gateway import Gateway
+    from .notifications import Notification
+    from .pipeline import Block
+    from .profiles import NotificationProfile
+    from .users import User
+
+hookspec = pluggy.HookspecMarker("annunciator")
+hookimpl = pluggy.HookimplMarker("annunciator")
+
+
+@hookspec
+def annunciator_profile_types() -> Sequence[type[NotificationProfile]]:
+    """Called once when plugins load, before the config is read.
+
+    Return the notification profile classes the plugin provides. Each class has a unique
+    ``type_name`` (what ``profiles.NAME.type`` names in the config), a pydantic ``Settings`` model
+    for its config keys, and an async ``send(notification) -> DeliveryResult``.
+    """
+
+
+@hookspec
+def annunciator_block_types() -> Sequence[type[Block]]:
+    """Called once when plugins load, before the config is read.
+
+    Return the pipeline block classes the plugin provides, each with a unique ``type_name`` (what
+    ``blocks[i].type`` names) and a pydantic ``Settings`` model.
+    """
+
+
+@hookspec
+def annunciator_routes(gateway: Gateway) -> Sequence[BaseRoute]:
+    """Called once when the HTTP app is built, after the gateway is configured.
+
+    Return Starlette routes to mount (webhooks, pages). Routes under ``/api/`` require the API
+    bearer token; other routes must check their own callers (e.g. a webhook signature).
+    """
+
+
+@hookspec
+def annunciator_scripting_namespaces(gateway: Gateway) -> dict[str, Any]:
+    """Called when the ``system`` object for scripts is built (once per gateway start).
+
+    Return a mapping of attribute name to namespace object, e.g. ``{"twilio": TwilioFunctions()}``
+    so scripts can call ``system.twilio.sendMessage(...)``.
+    """
+
+
+@hookspec
+def annunciator_register_tags(gateway: Gateway, tags: TagProvider) -> None:
+    """Called once at gateway start, after the store is open.
+
+    Create the plugin's tags on ``tags`` (``tags.define(path, data_type, value)``) and keep the
+    provider to write their values later. Returns nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def annunciator_resolve_roster(
+    gateway: Gateway, roster: str, event: AlarmEvent, at: datetime
+) -> Sequence[User] | None:
+    """Called each time a block notifies a roster.
+
+    Return the users to notify, in order, for ``roster`` at time ``at``; the first plugin that
+    returns a list decides (schedules, rotations, overrides, calculated rosters). Return None to
+    leave the decision to others; the default is every user of the configured roster.
+    """
+
+
+@hookspec
+def annunciator_alarm_event(gateway: Gateway, event: AlarmEvent, transition: str) -> None:
+    """Called after an alarm event changed state and the change was queued for storage.
+
+    ``transition`` is "active", "cleared", "acknowledged", "shelved" or "unshelved". Observers must
+    not block: schedule any I/O as a task. Returns nothing.
+    """
+
+
+@hookspec
+def annunciator_notification_event(gateway: Gateway, notification: Notification, status: str) -> None:
+    """Called when a notification changes status: "sent", "failed", "cancelled", "retrying".
+
+    Observers (statistics, audit) must not block. Returns nothing.
+    """
+
+
+@hookspec
+def annunciator_startup(gateway: Gateway) -> None:
+    """Called when the gateway has started (store open, timers running), before HTTP serves.
+
+    May return an awaitable, which is awaited. Returns nothing.
+    """
+
+
+@hookspec
+def annunciator_shutdown(gateway: Gateway) -> None:
+    """Called when the gateway stops, before the store closes. May return an awaitable."""

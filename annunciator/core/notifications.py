@@ -1,0 +1,177 @@
+"""Notifications: the outbox record written before any provider is called, and the dispatcher
+that sends them, retrying with exponential backoff and jitter.
+
+A notification is inserted in the same transaction as the pipeline step that produced it and is
+handed to its profile only after that commit. After a crash, rows still ``pending`` are sent at
+start with the same idempotency key, so a receiver that honours the key sees them once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from . import schema
+from .alarms import AlarmEvent, new_id, utcnow
+from .profiles import DeliveryResult, NotificationProfile
+from .users import User
+
+if TYPE_CHECKING:
+    from .config import RetrySettings
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
+
+
+@dataclass(slots=True)
+class Notification:
+    """One message to one user (and contact) through one profile, about one or more events."""
+
+    profile: str
+    user: User
+    message: str
+    events: list[AlarmEvent]
+    contact_type: str | None = None
+    contact: str | None = None
+    instance_id: str | None = None
+    pipeline: str | None = None
+    block: str | None = None
+    id: str = field(default_factory=new_id)
+    idempotency_key: str = ""
+    status: str = PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    provider_id: str | None = None
+    created: datetime = field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not self.idempotency_key:
+            self.idempotency_key = self.id
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "idempotency_key": self.idempotency_key,
+            "event_ids": [e.id for e in self.events], "instance_id": self.instance_id,
+            "pipeline": self.pipeline, "block": self.block, "username": self.user.username,
+            "profile": self.profile, "contact_type": self.contact_type, "contact": self.contact,
+            "message": self.message, "status": self.status, "attempts": self.attempts,
+            "last_error": self.last_error, "provider_id": self.provider_id,
+            "created": self.created, "updated": self.created, "sent_at": self.sent_at,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "idempotencyKey": self.idempotency_key, "profile": self.profile,
+            "user": self.user.to_dict(), "contactType": self.contact_type, "contact": self.contact,
+            "message": self.message, "events": [e.to_dict() for e in self.events],
+            "pipeline": self.pipeline, "block": self.block, "attempt": self.attempts,
+        }
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff: a random wait up to base * 2^(attempt-1), capped."""
+    return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+
+
+class Dispatcher:
+    """Hands committed notifications to their profiles, bounded in concurrency."""
+
+    def __init__(self, gateway: Gateway, retry: RetrySettings, max_concurrent: int):
+        self.gateway = gateway
+        self.retry = retry
+        self._limit = asyncio.Semaphore(max_concurrent)
+        self._live: dict[str, Notification] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0
+        self.failed = 0
+
+    def submit(self, notification: Notification) -> None:
+        """Send once the current store batch (which holds its row) commits."""
+        self._live[notification.id] = notification
+        self.gateway.store.after_commit(lambda: self._spawn(notification))
+
+    def submit_committed(self, notification: Notification) -> None:
+        """Send a notification whose row is already stored (recovered at start)."""
+        self._live[notification.id] = notification
+        self._spawn(notification)
+
+    def _spawn(self, notification: Notification) -> None:
+        task = asyncio.ensure_future(self._deliver(notification))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_instance(self, instance_id: str, why: str) -> int:
+        """Cancel not-yet-sent notifications of a pipeline instance that dropped out."""
+        count = 0
+        for n in list(self._live.values()):
+            if n.instance_id == instance_id and n.status == PENDING:
+                self._finish(n, CANCELLED, error=why)
+                count += 1
+        return count
+
+    async def _deliver(self, n: Notification) -> None:
+        profile = self.gateway.profiles.get(n.profile)
+        while n.status == PENDING:
+            n.attempts += 1
+            if profile is None:
+                result = DeliveryResult.failed(f"profile {n.profile!r} is not configured", retryable=False)
+            else:
+                result = await self._attempt(profile, n)
+            if n.status != PENDING:  # cancelled while in flight
+                return
+            if result.ok:
+                n.provider_id = result.provider_id
+                n.sent_at = utcnow()
+                self._finish(n, SENT)
+                return
+            n.last_error = result.error
+            if not result.retryable or n.attempts >= self.retry.attempts:
+                log.warning("notification %s to %s via %s failed after %d attempt(s): %s",
+                            n.id, n.user.username, n.profile, n.attempts, result.error)
+                self._finish(n, FAILED, error=result.error)
+                return
+            wait = result.retry_after if result.retry_after is not None else backoff(
+                n.attempts, self.retry.backoff, self.retry.max_backoff)
+            log.info("notification %s attempt %d failed (%s); retrying in %.1fs",
+                     n.id, n.attempts, result.error, wait)
+            self.gateway.store.update(schema.notifications, n.id, {
+                "attempts": n.attempts, "last_error": n.last_error, "updated": utcnow()})
+            self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n,
+                                                            status="retrying")
+            await asyncio.sleep(wait)
+
+    async def _attempt(self, profile: NotificationProfile, n: Notification) -> DeliveryResult:
+        async with self._limit:
+            if n.status != PENDING:
+                return DeliveryResult.failed("cancelled", retryable=False)
+            try:
+                return await profile.send(n)
+            except Exception as exc:  # a profile bug must not lose the notification silently
+                log.exception("profile %s raised while sending %s", n.profile, n.id)
+                return DeliveryResult.failed(f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, n: Notification, status: str, error: str | None = None) -> None:
+        n.status = status
+        if error is not None:
+            n.last_error = error
+        self._live.pop(n.id, None)
+        if status == SENT:
+            self.sent += 1
+        elif status == FAILED:
+            self.failed += 1
+        self.gateway.store.update(schema.notifications, n.id, {
+            "status": status, "attempts": n.attempts, "last_error": n.last_error,
+            "provider_id": n.provider_id, "sent_at": n.sent_at, "updated": utcnow()})
+        self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n, status=status)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Give in-flight sends a moment to finish at shutdown."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)

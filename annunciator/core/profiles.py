@@ -1,0 +1,64 @@
+"""The notification profile contract that channel plugins (webhook, SMS, voice, email) implement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel
+
+from .config import StrictModel
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+    from .notifications import Notification
+
+
+@dataclass(slots=True)
+class DeliveryResult:
+    """What a profile says about one attempt to send.
+
+    ``retryable`` failures are tried again with backoff (``retry_after`` seconds, when the provider
+    said so, e.g. HTTP 429); others fail the notification at once (an invalid number).
+    """
+
+    ok: bool
+    provider_id: str | None = None
+    error: str | None = None
+    retryable: bool = True
+    retry_after: float | None = None
+
+    @classmethod
+    def sent(cls, provider_id: str | None = None) -> DeliveryResult:
+        return cls(True, provider_id)
+
+    @classmethod
+    def failed(cls, error: str, *, retryable: bool = True, retry_after: float | None = None) -> DeliveryResult:
+        return cls(False, None, error, retryable, retry_after)
+
+
+class NotificationProfile:
+    """Base class of notification profile types.
+
+    ``contact_types`` names the user contact entries the profile sends to (e.g. ``("sms",)``);
+    a profile with none (a webhook to a chat room) is sent once per user without a contact.
+    """
+
+    type_name: ClassVar[str] = ""
+    Settings: ClassVar[type[BaseModel]] = StrictModel
+    contact_types: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, name: str, settings: BaseModel, gateway: Gateway):
+        self.name = name
+        self.settings = settings
+        self.gateway = gateway
+
+    async def start(self) -> None:
+        """Open connections; called once at gateway start."""
+
+    async def stop(self) -> None:
+        """Close connections; called once at gateway stop."""
+
+    async def send(self, notification: Notification) -> DeliveryResult:
+        raise NotImplementedError

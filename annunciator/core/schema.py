@@ -1,0 +1,136 @@
+"""Database tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite hands back naive datetimes)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+ID = sa.String(32)
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(200), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False, default=""),
+    sa.Column("language", sa.String(40), nullable=False, default="en-US"),
+    sa.Column("contacts", sa.JSON, nullable=False, default=dict),
+    sa.Column("pin_hash", sa.String(64)),
+    sa.Column("pin_salt", sa.String(64)),
+    sa.Column("pin_failures", sa.Integer, nullable=False, default=0),
+    sa.Column("locked_until", UTCDateTime),
+)
+
+alarm_events = sa.Table(
+    "alarm_events", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("source", sa.String(500), nullable=False, index=True),
+    sa.Column("display_path", sa.String(500), nullable=False),
+    sa.Column("name", sa.String(500), nullable=False),
+    sa.Column("label", sa.String(500), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("event_value", sa.JSON),
+    sa.Column("notes", sa.Text, nullable=False, default=""),
+    sa.Column("ack_mode", sa.String(10), nullable=False),
+    sa.Column("ack_notes_required", sa.Boolean, nullable=False),
+    sa.Column("properties", sa.JSON, nullable=False),
+    sa.Column("pipelines", sa.JSON, nullable=False),
+    sa.Column("active_time", UTCDateTime, nullable=False, index=True),
+    sa.Column("clear_time", UTCDateTime),
+    sa.Column("ack_time", UTCDateTime),
+    sa.Column("ack_user", sa.String(200)),
+    sa.Column("ack_notes", sa.Text),
+    sa.Column("shelved", sa.Boolean, nullable=False, default=False),
+    # cleared and acknowledged: loaded no more at start
+    sa.Column("done", sa.Boolean, nullable=False, default=False, index=True),
+)
+
+journal = sa.Table(
+    "journal", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", ID, index=True),
+    sa.Column("source", sa.String(500), nullable=False),
+    sa.Column("ts", UTCDateTime, nullable=False, index=True),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("user", sa.String(200)),
+    sa.Column("notes", sa.Text),
+)
+
+shelves = sa.Table(
+    "shelves", metadata,
+    sa.Column("source", sa.String(500), primary_key=True),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("user", sa.String(200)),
+    sa.Column("notes", sa.Text),
+    sa.Column("created", UTCDateTime, nullable=False),
+)
+
+pipeline_instances = sa.Table(
+    "pipeline_instances", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("event_id", ID, nullable=False, index=True),
+    sa.Column("pipeline", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("branches", sa.JSON, nullable=False),
+    sa.Column("properties", sa.JSON, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("updated", UTCDateTime, nullable=False),
+    sa.Column("ended", UTCDateTime),
+    sa.Column("end_reason", sa.Text),
+)
+
+traces = sa.Table(
+    "traces", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instance_id", ID, nullable=False, index=True),
+    sa.Column("event_id", ID, nullable=False, index=True),
+    sa.Column("ts", UTCDateTime, nullable=False),
+    sa.Column("branch", sa.Integer, nullable=False),
+    sa.Column("block", sa.String(200)),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("why", sa.Text, nullable=False, default=""),
+)
+
+notifications = sa.Table(
+    "notifications", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("event_ids", sa.JSON, nullable=False),
+    sa.Column("instance_id", ID, index=True),
+    sa.Column("pipeline", sa.String(200)),
+    sa.Column("block", sa.String(200)),
+    sa.Column("username", sa.String(200), nullable=False),
+    sa.Column("profile", sa.String(200), nullable=False),
+    sa.Column("contact_type", sa.String(40)),
+    sa.Column("contact", sa.String(500)),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+    sa.Column("provider_id", sa.String(200)),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("updated", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime),
+)

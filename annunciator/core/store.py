@@ -1,0 +1,246 @@
+"""Persistence: SQLite by default, PostgreSQL by URL, through SQLAlchemy 2 and Alembic.
+
+Writes are group-committed. Callers queue inserts and updates from the event loop; one writer
+thread commits everything queued so far in a single transaction, and whatever arrives meanwhile
+goes into the next one. ``await store.commit()`` returns once what the caller queued is durable;
+``after_commit`` runs a callback at that point (notifications are sent only then, so a crash can
+never send what was not recorded). One transaction per alarm could not keep up with a flood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+
+from . import schema
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    # psycopg 3 is the driver we ship; a plain postgresql:// URL would ask for psycopg2.
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def create_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        @sa_event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets readers run beside the writer; NORMAL keeps every commit across a process
+            # crash (kill -9), trading only the last commits on power loss for speed.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class _Batch:
+    __slots__ = ("callbacks", "future", "inserts", "updates")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.inserts: dict[sa.Table, dict[Any, dict[str, Any]] | list[dict[str, Any]]] = {}
+        self.updates: dict[sa.Table, dict[Any, dict[str, Any]]] = {}
+        self.callbacks: list[Callable[[], Any]] = []
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def __bool__(self) -> bool:
+        return bool(self.inserts or self.updates or self.callbacks)
+
+
+# Tables whose rows are updated later by primary key; their pending inserts are kept by key so
+# a later update in the same batch folds into the insert instead of costing a second statement.
+_KEYED = {schema.alarm_events, schema.pipeline_instances, schema.notifications, schema.shelves}
+_ORDER = [schema.users, schema.alarm_events, schema.shelves, schema.pipeline_instances,
+          schema.notifications, schema.journal, schema.traces]
+
+
+class Store:
+    """The gateway's database: one writer thread with group commit, readers on a pool."""
+
+    def __init__(self, url: str):
+        self.url = normalize_url(url)
+        self.engine = create_engine(self.url)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="annunciator-writer")
+        self._readers = ThreadPoolExecutor(4, thread_name_prefix="annunciator-reader")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: _Batch | None = None
+        self._flushing = False
+        self.batches_written = 0
+        self.rows_written = 0
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._batch = _Batch(loop)
+        migrate(self.engine)
+
+    async def close(self) -> None:
+        await self.commit()
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+        batch = self._current()
+        if table in _KEYED:
+            rows = batch.inserts.setdefault(table, {})
+            rows[_key(table, row)] = row  # type: ignore[index]
+        else:
+            batch.inserts.setdefault(table, []).append(row)  # type: ignore[union-attr]
+
+    def update(self, table: sa.Table, key: Any, values: dict[str, Any]) -> None:
+        """Queue ``values`` for the row with primary key ``key``."""
+        batch = self._current()
+        pending = batch.inserts.get(table)
+        if pending is not None and key in pending:
+            pending[key].update(values)  # type: ignore[call-overload]
+            return
+        batch.updates.setdefault(table, {}).setdefault(key, {}).update(values)
+
+    def after_commit(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` on the event loop once everything queued so far is committed."""
+        self._current().callbacks.append(callback)
+
+    async def commit(self) -> None:
+        """Wait until everything queued so far is durable."""
+        batch = self._current()
+        if not batch:
+            return
+        await asyncio.shield(batch.future)
+
+    def _current(self) -> _Batch:
+        batch = self._batch
+        assert batch is not None, "store not open"
+        if not self._flushing:
+            self._flushing = True
+            self._loop.call_soon(self._start_flush)  # type: ignore[union-attr]
+        return batch
+
+    def _start_flush(self) -> None:
+        asyncio.ensure_future(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        delay = 0.5
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, _Batch(loop)
+                while True:
+                    try:
+                        await loop.run_in_executor(self._writer, self._write, batch)
+                        break
+                    except sa.exc.OperationalError as exc:
+                        # The database is unreachable: keep the batch and try again; losing an
+                        # alarm is worse than holding callers for a while.
+                        log.error("database write failed, retrying in %.1fs: %s", delay, exc.orig)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                    except Exception as exc:
+                        log.exception("database write failed; %d callers get the error", 1)
+                        batch.future.set_exception(exc)
+                        batch.future.exception()  # mark retrieved: shielded waiters re-raise it
+                        break
+                if not batch.future.done():
+                    batch.future.set_result(None)
+                    for cb in batch.callbacks:
+                        try:
+                            cb()
+                        except Exception:
+                            log.exception("after-commit callback failed")
+                delay = 0.5
+        finally:
+            self._flushing = False
+
+    def _write(self, batch: _Batch) -> None:
+        rows = 0
+        with self.engine.begin() as conn:
+            for table in _ORDER:
+                pending = batch.inserts.get(table)
+                if pending:
+                    values = list(pending.values()) if isinstance(pending, dict) else pending
+                    for group in _by_keys(values):
+                        conn.execute(table.insert(), group)
+                    rows += len(values)
+                updates = batch.updates.get(table)
+                if updates:
+                    rows += _write_updates(conn, table, updates)
+        self.batches_written += 1
+        self.rows_written += rows
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` on a reader thread; pending writes are committed first."""
+        await self.commit()
+        loop = self._loop or asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return fn(conn)
+
+    def read_sync(self, fn: Callable[[Connection], T]) -> T:
+        """For start-up and the CLI, before the loop runs."""
+        return self._run_read(fn)
+
+
+def _key(table: sa.Table, row: dict[str, Any]) -> Any:
+    return row[table.primary_key.columns.values()[0].name]
+
+
+def _by_keys(rows: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
+    """executemany needs rows with the same keys; group them."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(frozenset(row), []).append(row)
+    return groups.values()
+
+
+def _write_updates(conn: Connection, table: sa.Table, updates: dict[Any, dict[str, Any]]) -> int:
+    pk = table.primary_key.columns.values()[0]
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for key, values in updates.items():
+        # bind names must differ from column names in an UPDATE's SET clause
+        groups.setdefault(frozenset(values), []).append(
+            {"_pk": key, **{"v_" + k: v for k, v in values.items()}})
+    for cols, rows in groups.items():
+        stmt = table.update().where(pk == sa.bindparam("_pk")).values(
+            {c: sa.bindparam("v_" + c) for c in cols})
+        conn.execute(stmt, rows)
+    return len(updates)

@@ -1,0 +1,96 @@
+"""Users who get notified, and their PINs.
+
+A PIN is stored only as HMAC-SHA256(server secret, per-user salt + PIN). A slow password hash
+would add little against offline guessing of 10^4 four-digit PINs yet would cost every inbound
+SMS dearly; the defence is the secret (kept outside the database) plus lockout after wrong tries,
+and comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from .alarms import utcnow
+
+MAX_PIN_FAILURES = 3
+LOCKOUT = timedelta(minutes=15)
+
+
+@dataclass(slots=True)
+class User:
+    username: str
+    id: int = 0
+    name: str = ""
+    language: str = "en-US"
+    contacts: dict[str, list[str]] = field(default_factory=dict)
+    pin_hash: str | None = None
+    pin_salt: str | None = None
+    pin_failures: int = 0
+    locked_until: datetime | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.username
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "username": self.username, "name": self.display_name,
+                "language": self.language, "contacts": self.contacts}
+
+
+def load_secret(path: Path) -> bytes:
+    """The server secret used to key PIN hashes; created (mode 0600) on first start."""
+    if path.exists():
+        data = path.read_bytes().strip()
+        if len(data) < 32:
+            raise ValueError(f"{path}: secret is too short (need at least 32 bytes)")
+        return data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data + b"\n")
+    return data
+
+
+def hash_pin(secret: bytes, salt: str, pin: str) -> str:
+    return hmac.new(secret, (salt + ":" + pin).encode(), hashlib.sha256).hexdigest()
+
+
+def set_pin(user: User, secret: bytes, pin: str) -> None:
+    user.pin_salt = secrets.token_hex(16)
+    user.pin_hash = hash_pin(secret, user.pin_salt, pin)
+    user.pin_failures = 0
+    user.locked_until = None
+
+
+class PinResult:
+    OK = "ok"
+    WRONG = "wrong"
+    LOCKED = "locked"
+    NO_PIN = "no-pin"
+
+
+def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None) -> str:
+    """Verify a PIN, counting failures; returns a PinResult value. Mutates the user's counters:
+    the caller persists them."""
+    now = now or utcnow()
+    if user.locked_until and user.locked_until > now:
+        return PinResult.LOCKED
+    if not user.pin_hash or not user.pin_salt:
+        return PinResult.NO_PIN
+    if hmac.compare_digest(hash_pin(secret, user.pin_salt, pin), user.pin_hash):
+        user.pin_failures = 0
+        user.locked_until = None
+        return PinResult.OK
+    user.pin_failures += 1
+    if user.pin_failures >= MAX_PIN_FAILURES:
+        user.locked_until = now + LOCKOUT
+        user.pin_failures = 0
+        return PinResult.LOCKED
+    return PinResult.WRONG

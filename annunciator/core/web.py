@@ -1,0 +1,338 @@
+"""The HTTP API (Starlette). Everything under ``/api/`` but ``/api/health`` needs a bearer token
+from ``gateway.api_tokens``; plugin routes elsewhere check their own callers (signatures)."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .config import join_path
+from .errors import Conflict, Invalid, NotFound
+from .gateway import AlarmSpec, Gateway
+
+log = logging.getLogger(__name__)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class RaiseBody(_Body):
+    alarms: list[AlarmSpec] = Field(min_length=1, max_length=10000)
+
+
+class AckBody(_Body):
+    user: str = Field(min_length=1, max_length=200)
+    notes: str = ""
+
+
+class AckManyBody(AckBody):
+    event_ids: list[str] = Field(min_length=1)
+
+
+class ClearBody(_Body):
+    user: str | None = None
+    notes: str = ""
+    sources: list[str] = []
+    event_ids: list[str] = []
+
+
+class ShelveBody(_Body):
+    sources: list[str] = Field(min_length=1)
+    minutes: float = Field(gt=0, le=60 * 24 * 365)
+    user: str | None = None
+    notes: str = ""
+
+
+class UnshelveBody(_Body):
+    sources: list[str] = Field(min_length=1)
+    user: str | None = None
+
+
+class CancelBody(_Body):
+    user: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, fields: list[dict[str, str]] | None = None):
+        self.status, self.message, self.fields = status, message, fields or []
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, default=str, separators=(",", ":")), status,
+                    media_type="application/json")
+
+
+async def _parse(request: Request, model: type[BaseModel], wrap: str | None = None) -> Any:
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise ApiError(422, f"body is not valid JSON: {exc}", [{"path": "body", "message": str(exc)}])
+    if wrap and isinstance(data, dict) and wrap not in data:
+        data = {wrap: [data]}  # a single object is accepted where a list is expected
+    elif wrap and isinstance(data, list):
+        data = {wrap: data}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = []
+        for err in exc.errors():
+            path = ""
+            for part in err["loc"]:
+                path = join_path(path, part)
+            msg = str(err["ctx"]["error"]) if err["type"] == "value_error" and "ctx" in err else err["msg"]
+            fields.append({"path": path, "message": msg})
+        summary = "; ".join(f"{f['path']}: {f['message']}" for f in fields)
+        raise ApiError(422, f"invalid request: {summary}", fields)
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(422, f"{name}: expected an ISO 8601 time, got {value!r}",
+                       [{"path": name, "message": "expected an ISO 8601 time"}])
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _api(fn: Callable[[Gateway, Request], Awaitable[Response]], gw: Gateway) -> Handler:
+    async def handler(request: Request) -> Response:
+        try:
+            return await fn(gw, request)
+        except ApiError as exc:
+            return _json({"error": exc.message, "fields": exc.fields}, exc.status)
+        except NotFound as exc:
+            return _json({"error": str(exc)}, 404)
+        except Conflict as exc:
+            return _json({"error": str(exc)}, 409)
+        except Invalid as exc:
+            return _json({"error": str(exc)}, 422)
+    return handler
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+async def health(gw: Gateway, request: Request) -> Response:
+    return _json({"status": "ok" if gw.started else "starting", "name": gw.config.gateway.name})
+
+
+async def raise_alarms(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, RaiseBody, wrap="alarms")
+    results = await gw.raise_alarms(body.alarms)
+    await gw.store.commit()  # answer only once the events are durable
+    created = any(c for _, c in results)
+    return _json({"events": [e.to_dict() for e, _ in results], "created": [c for _, c in results]},
+                 201 if created else 200)
+
+
+async def list_alarms(gw: Gateway, request: Request) -> Response:
+    q = request.query_params
+    try:
+        events = gw.query_status(state=q.get("state"), priority=q.get("priority"),
+                                 source=q.get("source"), display_path=q.get("displayPath"))
+    except ValueError as exc:
+        raise ApiError(422, f"priority: {exc}", [{"path": "priority", "message": str(exc)}])
+    return _json({"events": [e.to_dict() for e in events]})
+
+
+async def get_alarm(gw: Gateway, request: Request) -> Response:
+    event = await gw.find_event(request.path_params["id"])
+    return _json(event.to_dict())
+
+
+async def alarm_trace(gw: Gateway, request: Request) -> Response:
+    return _json(await gw.story(request.path_params["id"]))
+
+
+async def ack_one(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, AckBody)
+    events = await gw.acknowledge([request.path_params["id"]], body.user, body.notes)
+    await gw.store.commit()
+    return _json({"events": [e.to_dict() for e in events]})
+
+
+async def ack_many(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, AckManyBody)
+    events = await gw.acknowledge(body.event_ids, body.user, body.notes)
+    await gw.store.commit()
+    return _json({"events": [e.to_dict() for e in events]})
+
+
+async def clear_one(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, ClearBody)
+    events = await gw.clear([request.path_params["id"]], body.user, body.notes)
+    await gw.store.commit()
+    return _json({"events": [e.to_dict() for e in events]})
+
+
+async def clear_many(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, ClearBody)
+    if not body.sources and not body.event_ids:
+        raise ApiError(422, "give sources or eventIds", [{"path": "sources", "message": "required"}])
+    events = []
+    if body.sources:
+        events += await gw.clear_sources(body.sources, body.user, body.notes)
+    if body.event_ids:
+        events += await gw.clear(body.event_ids, body.user, body.notes)
+    await gw.store.commit()
+    return _json({"events": [e.to_dict() for e in events]})
+
+
+async def shelve(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, ShelveBody)
+    expires = await gw.shelve(body.sources, body.minutes, body.user, body.notes)
+    await gw.store.commit()
+    return _json({"sources": body.sources, "expiresAt": expires.isoformat()})
+
+
+async def unshelve(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, UnshelveBody)
+    await gw.unshelve(body.sources, body.user)
+    await gw.store.commit()
+    return _json({"sources": body.sources})
+
+
+async def shelved(gw: Gateway, request: Request) -> Response:
+    return _json({"shelved": gw.shelved_sources()})
+
+
+async def journal(gw: Gateway, request: Request) -> Response:
+    q = request.query_params
+    try:
+        limit = min(int(q.get("limit", 500)), 10000)
+    except ValueError:
+        raise ApiError(422, "limit: expected a number", [{"path": "limit", "message": "expected a number"}])
+    rows = await gw.journal(event_id=q.get("eventId"), source=q.get("source"),
+                            since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+                            limit=limit)
+    return _json({"journal": rows})
+
+
+async def pipelines(gw: Gateway, request: Request) -> Response:
+    return _json({"pipelines": [{
+        "name": p.name, "description": p.description, "dropout": sorted(p.dropout),
+        "blocks": [{"name": b.name, "type": b.type_name} for b in p.blocks],
+        "running": sum(1 for i in gw.engine.live.values() if i.pipeline is p),
+    } for p in gw.pipelines.values()]})
+
+
+async def instances(gw: Gateway, request: Request) -> Response:
+    q = request.query_params
+    event_id = q.get("eventId")
+    if event_id:
+        return _json({"instances": await gw.instances_of(event_id)})
+    items = [i.to_dict() for i in gw.engine.live.values()
+             if not q.get("pipeline") or i.pipeline.name == q.get("pipeline")]
+    return _json({"instances": items})
+
+
+async def instance(gw: Gateway, request: Request) -> Response:
+    return _json(await gw.instance(request.path_params["id"]))
+
+
+async def cancel_instance(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, CancelBody)
+    inst = gw.cancel_instance(request.path_params["id"], body.user)
+    await gw.store.commit()
+    return _json(inst.to_dict())
+
+
+async def plugins(gw: Gateway, request: Request) -> Response:
+    return _json({
+        "plugins": [vars(p) for p in gw.plugins.info],
+        "profileTypes": sorted(gw.plugins.profile_types()),
+        "blockTypes": sorted(gw.plugins.block_types()),
+    })
+
+
+async def tags(gw: Gateway, request: Request) -> Response:
+    return _json({"tags": [t.to_dict() for t in gw.tags.browse(request.query_params.get("path", ""))]})
+
+
+class BearerAuth:
+    """Require a configured bearer token on /api/ (health excepted)."""
+
+    def __init__(self, app: ASGIApp, tokens: list[str]):
+        self.app = app
+        self.tokens = [t.encode() for t in tokens if t]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/api/") and path != "/api/health" and not self._ok(scope):
+                message = ("no API token configured (gateway.api_tokens)" if not self.tokens
+                           else "missing or wrong bearer token")
+                response = JSONResponse({"error": message}, 401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _ok(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    # compare against every token so timing says nothing about which matched
+                    return any([hmac.compare_digest(token.strip(), t) for t in self.tokens])
+        return False
+
+
+def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
+    def r(path: str, fn: Callable[[Gateway, Request], Awaitable[Response]], methods: list[str]) -> Route:
+        return Route(path, _api(fn, gw), methods=methods)
+
+    routes: list[BaseRoute] = [
+        r("/api/health", health, ["GET"]),
+        r("/api/alarms", raise_alarms, ["POST"]),
+        r("/api/alarms", list_alarms, ["GET"]),
+        r("/api/alarms/acknowledge", ack_many, ["POST"]),
+        r("/api/alarms/clear", clear_many, ["POST"]),
+        r("/api/alarms/{id}", get_alarm, ["GET"]),
+        r("/api/alarms/{id}/trace", alarm_trace, ["GET"]),
+        r("/api/alarms/{id}/acknowledge", ack_one, ["POST"]),
+        r("/api/alarms/{id}/clear", clear_one, ["POST"]),
+        r("/api/shelve", shelve, ["POST"]),
+        r("/api/unshelve", unshelve, ["POST"]),
+        r("/api/shelved", shelved, ["GET"]),
+        r("/api/journal", journal, ["GET"]),
+        r("/api/pipelines", pipelines, ["GET"]),
+        r("/api/instances", instances, ["GET"]),
+        r("/api/instances/{id}", instance, ["GET"]),
+        r("/api/instances/{id}/cancel", cancel_instance, ["POST"]),
+        r("/api/plugins", plugins, ["GET"]),
+        r("/api/tags", tags, ["GET"]),
+    ]
+    for group in gw.hook.annunciator_routes(gateway=gw):
+        routes.extend(group or ())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await gw.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await gw.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(BearerAuth, tokens=gw.config.gateway.api_tokens)
+    return app

@@ -1,0 +1,106 @@
+"""The scripting plugin: the pipeline Script block and the core ``system`` namespaces
+(``system.alarm``, ``system.tag``, ``system.util``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from pydantic import model_validator
+
+from annunciator import hookimpl
+from annunciator.core.config import Config, Duration
+from annunciator.core.pipeline import END, Block, BlockSettings, Next
+
+from .namespaces import AlarmFunctions, TagFunctions, UtilFunctions
+from .runner import Bridge, Script, ScriptError, build_system
+
+if TYPE_CHECKING:
+    from annunciator.core.gateway import Gateway
+
+log = logging.getLogger("annunciator.scripts")
+
+
+class ScriptBlock(Block):
+    """Run a Python script with ``system``, ``event`` (the event's values, read-only copy) and
+    ``state`` (the instance's runtime properties, writable) in scope. On an error the branch
+    goes to ``error`` (default: end) and the trace names the script's file and line."""
+
+    type_name = "script"
+    description = "run a Python script"
+
+    class Settings(BlockSettings):
+        script: str | None = None
+        code: str | None = None
+        error: str | None = END
+        timeout: Duration = 30.0
+
+        @model_validator(mode="after")
+        def _one(self) -> ScriptBlock.Settings:
+            if bool(self.script) == bool(self.code):
+                raise ValueError("give either script: FILE (in the scripts folder) or code: TEXT")
+            return self
+
+    _compiled: Script | None = None
+
+    def check(self, config: Config | None) -> list[tuple[str, str]]:
+        s = self.settings
+        try:
+            if s.code:
+                self._compiled = Script.compile(s.code, f"<{self.pipeline}.{self.name}>")
+            elif config is not None:
+                path = config.resolve(config.gateway.scripts_dir) / s.script
+                if not path.is_file():
+                    return [("script", f"no such script file: {path}")]
+                self._compiled = Script.load(path)
+        except SyntaxError as exc:
+            return [("code" if s.code else "script", f"syntax error at line {exc.lineno}: {exc.msg}")]
+        return []
+
+    def targets(self) -> list[str | None]:
+        return [self.settings.next, self.settings.error]
+
+    async def enter(self, ctx: Any) -> Next:
+        gw: Gateway = ctx.gateway
+        if self._compiled is None:
+            problems = self.check(gw.config)
+            if problems:
+                return Next(self.settings.error, why=problems[0][1])
+        script = self._compiled
+        assert script is not None
+        scope = {"system": scripting_system(gw), "event": ctx.values(), "state": ctx.properties,
+                 "logger": logging.getLogger(f"annunciator.scripts.{self.pipeline}.{self.name}")}
+        try:
+            await asyncio.wait_for(asyncio.to_thread(script.run, scope), self.settings.timeout)
+        except TimeoutError:
+            gw.script_errors = getattr(gw, "script_errors", 0) + 1
+            return Next(self.settings.error, why=f"script timed out after {self.settings.timeout:g}s")
+        except ScriptError as exc:
+            gw.script_errors = getattr(gw, "script_errors", 0) + 1
+            log.error("script error in %s.%s: %s", self.pipeline, self.name, exc)
+            return Next(self.settings.error, why=f"script error: {exc}")
+        return Next(why="script ran")
+
+
+def scripting_system(gw: Gateway) -> SimpleNamespace:
+    """The gateway's ``system`` object, built once."""
+    system = getattr(gw, "_scripting_system", None)
+    if system is None:
+        system = build_system(gw)
+        gw._scripting_system = system  # type: ignore[attr-defined]
+    return system
+
+
+@hookimpl
+def annunciator_block_types() -> list[type[Block]]:
+    return [ScriptBlock]
+
+
+@hookimpl
+def annunciator_scripting_namespaces(gateway: Gateway) -> dict[str, Any]:
+    bridge = Bridge(asyncio.get_running_loop())
+    return {"alarm": AlarmFunctions(gateway, bridge), "tag": TagFunctions(gateway),
+            "util": UtilFunctions()}
+
