@@ -41,6 +41,9 @@ def _load(config: str | None, pm: PluginManager | None = None) -> tuple[Config, 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    # their INFO lines (every migration step, every timer added) drown what an operator needs
+    for noisy in ("alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group()

@@ -126,6 +126,9 @@ class PhaseResult:
     delivered: int = 0  # distinct keys that reached the receiver
     deliver_elapsed: float | None = None  # first POST start -> last first-arrival
     ttn: list[float] = field(default_factory=list)  # per key, seconds
+    # (send time relative to the phase start, time-to-notify): shows whether latency drifts
+    # over a run, e.g. when per-alarm cost grows with the number of open alarms.
+    timeline: list[tuple[float, float]] = field(default_factory=list)
     api_latency: list[float] = field(default_factory=list)  # per request, seconds
     duplicates: int = 0
     strays: int = 0  # receiver requests that matched no key of this phase
@@ -146,6 +149,26 @@ class PhaseResult:
             return None
         return self.delivered / self.deliver_elapsed
 
+    def slices(self, n: int = 5) -> list[dict[str, Any]]:
+        """p50/p99 time-to-notify for ``n`` consecutive slices of the send timeline."""
+        if len(self.timeline) < n * 10:
+            return []
+        end = self.timeline[-1][0] or 1e-9
+        out = []
+        for i in range(n):
+            lo, hi = end * i / n, end * (i + 1) / n
+            ttn = [d for t, d in self.timeline if lo <= t < hi or (i == n - 1 and t == end)]
+            out.append(
+                {
+                    "from_s": round(lo, 2),
+                    "to_s": round(hi, 2),
+                    "count": len(ttn),
+                    "p50_ms": _ms(percentile(ttn, 50)),
+                    "p99_ms": _ms(percentile(ttn, 99)),
+                }
+            )
+        return out
+
     def error(self, msg: str) -> None:
         self.error_count += 1
         if len(self.errors) < 5:
@@ -163,6 +186,7 @@ class PhaseResult:
             "ttn_p50_ms": _ms(percentile(self.ttn, 50)),
             "ttn_p99_ms": _ms(percentile(self.ttn, 99)),
             "ttn_max_ms": _ms(max(self.ttn) if self.ttn else None),
+            "ttn_by_slice": self.slices(),
             "api_p50_ms": _ms(percentile(self.api_latency, 50)),
             "api_p99_ms": _ms(percentile(self.api_latency, 99)),
             "duplicates": self.duplicates,
@@ -290,6 +314,9 @@ async def collect_arrivals(
         await asyncio.sleep(0.02)
     result.delivered = len(first_arrival)
     result.ttn = [t - send_times[k] for k, t in first_arrival.items()]
+    result.timeline = sorted(
+        (send_times[k] - first_start, t - send_times[k]) for k, t in first_arrival.items()
+    )
     if first_arrival:
         result.deliver_elapsed = max(first_arrival.values()) - first_start
 
@@ -716,7 +743,7 @@ def start_py_spy(out: str, pid: int, tmp: Path) -> subprocess.Popen[bytes] | Non
     if exe is None:
         log("--py-spy given but py-spy is not installed (pip install py-spy); not profiling")
         return None
-    fmt = "speedscope" if out.endswith(".json") else "flamegraph"
+    fmt = {".json": "speedscope", ".txt": "raw"}.get(Path(out).suffix, "flamegraph")
     cmd = [exe, "record", "--pid", str(pid), "-o", out, "--format", fmt, "--rate", "200"]
     log(f"profiling gateway pid {pid} with py-spy -> {out}")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / "py-spy.log", "wb"))
@@ -760,6 +787,14 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, An
             print(f"  {r.name}: {r.duplicates} duplicate and {r.strays} unmatched webhook(s)")
         for note in r.notes:
             print(f"  {r.name}: {note}")
+    for r in results:
+        parts = [
+            f"{s['from_s']:.1f}-{s['to_s']:.1f}s p50 {s['p50_ms']:.0f}/p99 {s['p99_ms']:.0f}"
+            for s in r.slices()
+            if s["count"]
+        ]
+        if parts:
+            print(f"  {r.name}: time-to-notify ms by send time: " + ", ".join(parts))
     summary: dict[str, Any] = {"phases": [r.as_dict() for r in results]}
     by_name = {r.name: r for r in results}
     am = by_name.get("alertmanager burst")
@@ -820,7 +855,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--py-spy",
         metavar="OUT",
-        help="profile the gateway with py-spy into OUT (.svg or .json speedscope)",
+        help="profile the gateway with py-spy into OUT (.svg, .json speedscope, .txt collapsed)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = p.parse_args(argv)

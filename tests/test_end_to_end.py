@@ -1,0 +1,90 @@
+"""The whole loop over real HTTP: alarm source -> API -> pipeline -> webhook receiver."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import ack, raise_alarm, story
+
+
+def test_raised_alarm_reaches_receiver_with_rendered_message(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({"page": {"blocks": [
+        {"type": "notification", "profile": "hook", "roster": "operators",
+         "message": "{priority}: {displayPath} = {eventValue} ({area})"}]}})
+    event = raise_alarm(gw, "plant/pump1/fault", "page", priority="High", displayPath="Plant/Pump 1",
+                        eventValue=42, properties={"area": "North"})
+    [req] = webhook_receiver.wait_for(1)
+    assert req.json["message"] == "High: Plant/Pump 1 = 42 (North)"
+    assert req.json["user"]["username"] == "maria"
+    assert req.json["events"][0]["id"] == event["id"]
+    assert req.headers["idempotency-key"] == req.json["idempotencyKey"]
+
+
+def test_ack_during_delay_cancels_the_rest(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({"page": {"blocks": [
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "first"},
+        {"type": "delay", "delay": "1.5s"},
+        {"type": "notification", "profile": "hook", "roster": "supervisors", "message": "second"}]}})
+    event = raise_alarm(gw, "plant/pump2", "page")
+    webhook_receiver.wait_for(1)
+    r = ack(gw, event["id"], "maria", "on it")
+    assert r.status_code == 200, r.text
+    # the delay would have ended at 1.5 s; wait well past it
+    time.sleep(2.5)
+    assert [q.json["message"] for q in webhook_receiver.requests] == ["first"]
+    s = story(gw, event["id"])
+    [inst] = s["instances"]
+    assert inst["status"] == "dropped" and inst["endReason"] == "acknowledged by maria"
+    assert [j["action"] for j in s["journal"]] == ["active", "acknowledged"]
+    assert s["journal"][1]["user"] == "maria" and s["journal"][1]["notes"] == "on it"
+
+
+def test_escalate_tiers_until_acknowledged(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({"esc": {"blocks": [
+        {"type": "escalate", "profile": "hook", "message": "{name}",
+         "tiers": [{"roster": "operators", "wait": "0.6s"},
+                   {"roster": "supervisors", "wait": "0.6s"},
+                   {"roster": "managers", "wait": "0.6s"}]}]}})
+    event = raise_alarm(gw, "plant/boiler", "esc", name="Boiler trip")
+    first = webhook_receiver.wait_for(1)
+    assert first[0].json["user"]["username"] == "maria"
+    second = webhook_receiver.wait_for(2, timeout=5)
+    assert second[1].json["user"]["username"] == "li"
+    assert second[1].received_at - first[0].received_at >= 0.5
+    ack(gw, event["id"], "li")
+    time.sleep(1.5)
+    assert [q.json["user"]["username"] for q in webhook_receiver.requests] == ["maria", "li"]
+
+
+def test_unknown_and_double_acknowledgement(pipeline_gateway):
+    gw = pipeline_gateway({})
+    r = ack(gw, "nope")
+    assert r.status_code == 404
+    event = raise_alarm(gw, "plant/x")
+    assert ack(gw, event["id"]).status_code == 200
+    r = ack(gw, event["id"], "li")
+    assert r.status_code == 409 and "already acknowledged by maria" in r.json()["error"]
+    journal = gw.client.get("/api/journal", params={"eventId": event["id"]}).json()["journal"]
+    assert [(j["action"], j["user"]) for j in journal] == [("active", None), ("acknowledged", "maria")]
+
+
+def test_api_requires_token(pipeline_gateway):
+    import httpx
+
+    gw = pipeline_gateway({})
+    assert httpx.get(gw.url + "/api/alarms").status_code == 401
+    assert httpx.get(gw.url + "/api/alarms", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(gw.url + "/api/alarms", json={"source": "a"}).status_code == 401
+    assert httpx.get(gw.url + "/api/health").status_code == 200
+
+
+def test_malformed_api_json_names_the_field(pipeline_gateway):
+    gw = pipeline_gateway({})
+    r = gw.client.post("/api/alarms", json={"alarms": [{"source": "a", "priority": "Urgent"}]})
+    assert r.status_code == 422
+    assert r.json()["fields"][0]["path"] == "alarms[0].priority"
+    assert "Urgent" in r.json()["fields"][0]["message"]
+    r = gw.client.post("/api/alarms", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+    r = gw.client.post("/api/alarms/acknowledge", json={"eventIds": ["x"]})
+    assert r.status_code == 422 and r.json()["fields"][0]["path"] == "user"
