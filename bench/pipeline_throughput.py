@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -100,6 +99,20 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process from /proc (Linux); None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_delta(before: float | None, pid: int) -> float | None:
+    after = cpu_seconds(pid)
+    return None if before is None or after is None else after - before
+
+
 def chunks(seq: list[Any], n: int) -> list[list[Any]]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
 
@@ -133,6 +146,9 @@ class PhaseResult:
     duplicates: int = 0
     strays: int = 0  # receiver requests that matched no key of this phase
     errors: list[str] = field(default_factory=list)
+    # CPU seconds the server process (all its threads) spent from the first POST to the end
+    # of draining: tells a CPU-bound server (≈ wall time x cores) from one that waits.
+    server_cpu_s: float | None = None
     error_count: int = 0
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
@@ -189,6 +205,7 @@ class PhaseResult:
             "ttn_by_slice": self.slices(),
             "api_p50_ms": _ms(percentile(self.api_latency, 50)),
             "api_p99_ms": _ms(percentile(self.api_latency, 99)),
+            "server_cpu_s": self.server_cpu_s,
             "duplicates": self.duplicates,
             "strays": self.strays,
             "error_count": self.error_count,
@@ -448,6 +465,7 @@ async def run_alertmanager(args: argparse.Namespace, rx: WebhookReceiver) -> Pha
             ]
             send_times: dict[str, float] = {}
             log(f"alertmanager: posting {args.alarms} alerts in {len(batches)} batches")
+            cpu0 = cpu_seconds(proc.pid)
             first, last = await post_batches(
                 session,
                 f"{base}/api/v2/alerts",
@@ -470,6 +488,7 @@ async def run_alertmanager(args: argparse.Namespace, rx: WebhookReceiver) -> Pha
                 stall_timeout=args.stall_timeout,
                 first_start=first,
             )
+            result.server_cpu_s = cpu_delta(cpu0, proc.pid)
             log(f"alertmanager: {result.delivered} notifications delivered")
     finally:
         code = stop_process(proc, "alertmanager")
@@ -683,6 +702,7 @@ async def run_annunciator(
             ]
             send_times: dict[str, float] = {}
             log(f"annunciator: posting {args.alarms} alarms in {len(batches)} batches")
+            cpu0 = cpu_seconds(proc.pid)
             first, last = await post_batches(
                 session,
                 f"{base}/api/alarms",
@@ -706,13 +726,16 @@ async def run_annunciator(
                 stall_timeout=args.stall_timeout,
                 first_start=first,
             )
+            burst.server_cpu_s = cpu_delta(cpu0, proc.pid)
             log(f"annunciator: {burst.delivered} notifications delivered")
             if args.seconds > 0 and args.rate > 0:
                 await asyncio.sleep(1.0)  # let stragglers of the burst land before measuring
                 rx.clear()
+                cpu0 = cpu_seconds(proc.pid)
                 steady = await run_steady(
                     session, f"{base}/api/alarms", headers, rx, args, source_of, args.alarms
                 )
+                steady.server_cpu_s = cpu_delta(cpu0, proc.pid)
                 log(f"annunciator steady: {steady.delivered}/{steady.sent} delivered")
     finally:
         if profiler is not None:
@@ -746,7 +769,8 @@ def start_py_spy(out: str, pid: int, tmp: Path) -> subprocess.Popen[bytes] | Non
     fmt = {".json": "speedscope", ".txt": "raw"}.get(Path(out).suffix, "flamegraph")
     cmd = [exe, "record", "--pid", str(pid), "-o", out, "--format", fmt, "--rate", "200"]
     log(f"profiling gateway pid {pid} with py-spy -> {out}")
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / "py-spy.log", "wb"))
+    with open(tmp / "py-spy.log", "wb") as errf:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
 
 
 def stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
@@ -787,6 +811,12 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, An
             print(f"  {r.name}: {r.duplicates} duplicate and {r.strays} unmatched webhook(s)")
         for note in r.notes:
             print(f"  {r.name}: {note}")
+        if r.server_cpu_s is not None and r.deliver_elapsed and r.delivered:
+            print(
+                f"  {r.name}: server CPU {r.server_cpu_s:.2f}s over {r.deliver_elapsed:.2f}s "
+                f"({100 * r.server_cpu_s / r.deliver_elapsed:.0f}% of one core), "
+                f"{1000 * r.server_cpu_s / r.delivered:.2f} ms CPU per notification"
+            )
     for r in results:
         parts = [
             f"{s['from_s']:.1f}-{s['to_s']:.1f}s p50 {s['p50_ms']:.0f}/p99 {s['p99_ms']:.0f}"
@@ -896,10 +926,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
-    with contextlib.suppress(Exception):
-        failed = any(p["error_count"] for p in summary["phases"])
-        return 1 if failed else 0
-    return 0
+    # Non-zero when any request failed, so a wrapper script notices a broken run.
+    return 1 if any(p["error_count"] for p in summary["phases"]) else 0
 
 
 if __name__ == "__main__":

@@ -356,12 +356,12 @@ def load_config(
 
     problems += _check_profiles(config, profile_types)
     problems += _check_references(config)
-    if not problems:
-        from .pipeline import build_pipelines
+    # pipelines are checked even when other sections have problems: report everything at once
+    from .pipeline import build_pipelines
 
-        pipelines, pipeline_problems = build_pipelines(settings.pipelines, block_types, config)
-        problems += pipeline_problems
-        config.pipelines = pipelines
+    pipelines, pipeline_problems = build_pipelines(settings.pipelines, block_types, config)
+    problems += pipeline_problems
+    config.pipelines = pipelines
     if problems:
         raise ConfigError(problems, file, lines)
     return config
@@ -377,7 +377,8 @@ def _check_profiles(config: Config, profile_types: Mapping[str, Any]) -> list[tu
         where = f"profiles.{name}"
         kind = raw.get("type")
         if kind is None:
-            problems.append((f"{where}.type", f"required; installed profile types: {installed(profile_types)}"))
+            what = "required" if "type" not in raw else "empty (YAML reads null/~ as nothing)"
+            problems.append((f"{where}.type", f"{what}; installed profile types: {installed(profile_types)}"))
             continue
         if kind not in profile_types:
             problems.append((f"{where}.type", f"unknown profile type {kind!r}; installed: "

@@ -394,7 +394,7 @@ class Gateway:
         now = utcnow()
         for source in sources:
             shelf = self.shelves.get(source)
-            if shelf is None or shelf["expires_at"] <= now and why != "shelf expired":
+            if shelf is None or (shelf["expires_at"] <= now and why != "shelf expired"):
                 raise NotFound(f"source {source!r} is not shelved")
             shelf["expires_at"] = now
             self.store.update(schema.shelves, source, {"expires_at": now})

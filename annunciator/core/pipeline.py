@@ -274,7 +274,7 @@ def _check_loops(pipelines: dict[str, Pipeline]) -> list[tuple[str, str]]:
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
-                    steps = " -> ".join(f"{pn}.{pipelines[pn].blocks[i].name}" for pn, i in cycle + [nxt])
+                    steps = " -> ".join(f"{pn}.{pipelines[pn].blocks[i].name}" for pn, i in [*cycle, nxt])
                     pn, i = nxt
                     problems.append((f"pipelines.{pn}.blocks[{i}]",
                                      f"loop never reaches a wait (delay or escalate): {steps}"))

@@ -95,6 +95,7 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch: _Batch | None = None
         self._flushing = False
+        self._flush_task: asyncio.Future[None] | None = None
         self.batches_written = 0
         self.rows_written = 0
 
@@ -152,7 +153,8 @@ class Store:
         return batch
 
     def _start_flush(self) -> None:
-        asyncio.ensure_future(self._flush_loop())
+        # keep a reference: the loop holds tasks weakly, and a collected flush would hang commit()
+        self._flush_task = asyncio.ensure_future(self._flush_loop())
 
     async def _flush_loop(self) -> None:
         loop = self._loop

@@ -20,32 +20,32 @@ class AlarmFunctions:
     def __init__(self, gateway: Gateway, bridge: Bridge):
         self._gw, self._bridge = gateway, bridge
 
-    def acknowledge(self, eventIds: list[str], notes: str = "", user: str = "script") -> list[str]:  # noqa: N803
+    def acknowledge(self, eventIds: list[str], notes: str = "", user: str = "script") -> list[str]:
         events = self._bridge.call(self._gw.acknowledge(list(eventIds), user, notes or ""))
         return [e.id for e in events]
 
-    def queryStatus(self, priority: Any = None, state: str | None = None, source: str | None = None,  # noqa: N802
-                    displayPath: str | None = None) -> list[dict[str, Any]]:  # noqa: N803
+    def queryStatus(self, priority: Any = None, state: str | None = None, source: str | None = None,
+                    displayPath: str | None = None) -> list[dict[str, Any]]:
         return [e.to_dict() for e in self._gw.query_status(
             priority=priority, state=state, source=source, display_path=displayPath)]
 
-    def queryJournal(self, startDate: datetime | None = None, endDate: datetime | None = None,  # noqa: N802, N803
-                     source: str | None = None, eventId: str | None = None) -> list[dict[str, Any]]:  # noqa: N803
+    def queryJournal(self, startDate: datetime | None = None, endDate: datetime | None = None,
+                     source: str | None = None, eventId: str | None = None) -> list[dict[str, Any]]:
         return self._bridge.call(self._gw.journal(since=startDate, until=endDate, source=source, event_id=eventId))
 
-    def shelve(self, path: list[str], timeoutMinutes: float = 15, user: str = "script") -> None:  # noqa: N803
+    def shelve(self, path: list[str], timeoutMinutes: float = 15, user: str = "script") -> None:
         self._bridge.call(self._gw.shelve(list(path), timeoutMinutes, user))
 
     def unshelve(self, path: list[str], user: str = "script") -> None:
         self._bridge.call(self._gw.unshelve(list(path), user))
 
-    def getShelvedPaths(self) -> list[str]:  # noqa: N802
+    def getShelvedPaths(self) -> list[str]:
         return [s["source"] for s in self._gw.shelved_sources()]
 
-    def listPipelines(self) -> list[str]:  # noqa: N802
+    def listPipelines(self) -> list[str]:
         return sorted(self._gw.pipelines)
 
-    def cancel(self, eventIds: list[str]) -> int:  # noqa: N803
+    def cancel(self, eventIds: list[str]) -> int:
         """Cancel every running pipeline instance of these events; returns how many."""
         async def run() -> int:
             count = 0
@@ -63,10 +63,10 @@ class TagFunctions:
     def __init__(self, gateway: Gateway):
         self._tags = gateway.tags
 
-    def readBlocking(self, paths: list[str]) -> list[Any]:  # noqa: N802
+    def readBlocking(self, paths: list[str]) -> list[Any]:
         return [self._tags.read(p) for p in paths]
 
-    def writeBlocking(self, paths: list[str], values: list[Any]) -> list[str]:  # noqa: N802
+    def writeBlocking(self, paths: list[str], values: list[Any]) -> list[str]:
         out = []
         for p, v in zip(paths, values, strict=True):
             try:
@@ -83,7 +83,7 @@ class TagFunctions:
 class UtilFunctions:
     """``system.util``."""
 
-    def getLogger(self, name: str) -> logging.Logger:  # noqa: N802
+    def getLogger(self, name: str) -> logging.Logger:
         return logging.getLogger(f"annunciator.scripts.{name}")
 
     def now(self) -> datetime:

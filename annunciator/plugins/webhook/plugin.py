@@ -4,7 +4,6 @@ Retry-After); other 4xx fail at once, since sending the same body again cannot f
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -78,7 +77,7 @@ class WebhookProfile(NotificationProfile):
                 if resp.status == 429 or resp.status >= 500:
                     return DeliveryResult.failed(error, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
                 return DeliveryResult.failed(error, retryable=False)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return DeliveryResult.failed(f"no answer from {s.url} within {s.timeout:g}s")
         except aiohttp.ClientError as exc:
             return DeliveryResult.failed(f"cannot reach {s.url}: {exc}")

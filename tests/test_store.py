@@ -1,0 +1,57 @@
+"""The database: migrations match the tables, and writes are group-committed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from annunciator.core import schema
+from annunciator.core.alarms import utcnow
+from annunciator.core.store import Store, create_engine, migrate
+
+
+def test_migrations_create_exactly_the_declared_tables(annunciator_database_url):
+    engine = create_engine(annunciator_database_url)
+    migrate(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    engine.dispose()
+    assert diff == [], f"schema.py and the Alembic migrations disagree: {diff}"
+
+
+def test_migrate_twice_is_harmless(annunciator_database_url):
+    engine = create_engine(annunciator_database_url)
+    migrate(engine)
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0001"
+    engine.dispose()
+
+
+def test_group_commit_writes_every_row_and_folds_updates(annunciator_database_url):
+    async def main() -> tuple[int, list[tuple[str, str]]]:
+        store = Store(annunciator_database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, store.open, loop)
+        now = utcnow()
+        committed = []
+        for i in range(300):
+            store.insert(schema.shelves, {"source": f"s{i}", "expires_at": now, "user": "u",
+                                          "notes": "", "created": now})
+            store.update(schema.shelves, f"s{i}", {"notes": f"n{i}"})
+        store.after_commit(lambda: committed.append(True))
+        await store.commit()
+        assert committed == [True]
+        rows = await store.read(lambda c: [tuple(r) for r in c.execute(
+            sa.select(schema.shelves.c.source, schema.shelves.c.notes).order_by(schema.shelves.c.source))])
+        batches = store.batches_written
+        await store.close()
+        return batches, rows
+
+    batches, rows = asyncio.run(main())
+    assert len(rows) == 300
+    assert ("s7", "n7") in rows
+    assert batches <= 2  # 600 operations, one or two transactions
