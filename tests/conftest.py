@@ -31,9 +31,9 @@ def story(gw: RunningGateway, event_id: str) -> dict[str, Any]:
 def pipeline_gateway(gateway_config, start_gateway):
     """Start a gateway with the given pipelines added to the base test config."""
 
-    def start(pipelines: dict[str, Any], **extra: Any) -> RunningGateway:
+    def start(pipelines: dict[str, Any], _plugins: list[Any] | None = None, **extra: Any) -> RunningGateway:
         gateway_config["pipelines"] = pipelines
         gateway_config.update(extra)
-        return start_gateway(gateway_config)
+        return start_gateway(gateway_config, plugins=_plugins)
 
     return start

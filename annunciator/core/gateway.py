@@ -3,6 +3,7 @@ lifecycle (raise, clear, acknowledge, shelve) that the HTTP API, the CLI and scr
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import inspect
 import logging
@@ -82,6 +83,7 @@ class Gateway:
         self.profiles: dict[str, NotificationProfile] = {}
         self.secret = b""
         self.started = False
+        self._tags_pending = False
         types = plugins.profile_types()
         for name, settings in config.profiles.items():
             kind = config.settings.profiles[name]["type"]
@@ -90,8 +92,6 @@ class Gateway:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.open, loop)
         self.secret = load_secret(self.config.resolve(self.config.gateway.secret_file))
@@ -222,6 +222,22 @@ class Gateway:
         self.tags.define("System/Gateway/Pipelines/Running", "Int4", 0)
 
     def _update_alarm_tags(self) -> None:
+        """Refresh the count tags soon: counting walks every open event, so during a flood the
+        refreshes are coalesced to one per second rather than one per API call."""
+        if self._tags_pending:
+            return
+        self._tags_pending = True
+
+        def refresh() -> None:
+            self._tags_pending = False
+            self._refresh_alarm_tags()
+
+        try:
+            asyncio.get_running_loop().call_later(1.0 if self.started else 0, refresh)
+        except RuntimeError:
+            refresh()
+
+    def _refresh_alarm_tags(self) -> None:
         counts = {"ActiveUnacked": 0, "ActiveAcked": 0, "ClearUnacked": 0, "Shelved": 0}
         for e in self.events.values():
             if e.shelved:
