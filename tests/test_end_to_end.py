@@ -88,3 +88,29 @@ def test_malformed_api_json_names_the_field(pipeline_gateway):
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
     r = gw.client.post("/api/alarms/acknowledge", json={"eventIds": ["x"]})
     assert r.status_code == 422 and r.json()["fields"][0]["path"] == "user"
+
+
+def test_batch_with_unknown_pipeline_stores_nothing(pipeline_gateway):
+    gw = pipeline_gateway({"p": {"blocks": [{"type": "delay", "delay": "1s"}]}})
+    r = gw.client.post("/api/alarms", json={"alarms": [
+        {"source": "a", "pipelines": {"active": "p"}},
+        {"source": "b", "pipelines": {"active": "nope"}}]})
+    assert r.status_code == 422
+    assert "alarms[1].pipelines.active: unknown pipeline 'nope'" in r.json()["error"]
+    assert gw.client.get("/api/alarms").json()["events"] == []
+    assert gw.client.get("/api/journal").json()["journal"] == []
+
+
+def test_raising_an_active_source_again_returns_the_same_event(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({"p": {"blocks": [{"type": "notification", "profile": "hook", "roster": "operators"}]}})
+    first = gw.client.post("/api/alarms", json={"source": "plant/a", "pipelines": {"active": "p"}})
+    again = gw.client.post("/api/alarms", json={"source": "plant/a", "pipelines": {"active": "p"}})
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["events"][0]["id"] == first.json()["events"][0]["id"]
+    webhook_receiver.wait_for(1)
+    time.sleep(0.3)
+    assert webhook_receiver.count == 1
+    # once cleared, the same source raises a new event
+    gw.client.post("/api/alarms/clear", json={"sources": ["plant/a"]})
+    third = gw.client.post("/api/alarms", json={"source": "plant/a", "pipelines": {"active": "p"}})
+    assert third.status_code == 201 and third.json()["events"][0]["id"] != first.json()["events"][0]["id"]

@@ -263,16 +263,20 @@ class Gateway:
         """Make events active. A source already active returns its event (created False)."""
         out = []
         entering: list[tuple[AlarmEvent, str]] = []
+        specs = list(specs)
+        # all or nothing: a bad entry must not leave earlier ones stored but never routed
+        for i, spec in enumerate(specs):
+            d = self.definition_for(spec.source)
+            for transition, pipeline in {**(d.pipelines if d else {}), **spec.pipelines}.items():
+                if pipeline not in self.pipelines:
+                    raise Invalid(f"alarms[{i}].pipelines.{transition}: unknown pipeline {pipeline!r}; "
+                                  f"defined: {', '.join(sorted(self.pipelines)) or '(none)'}")
         for spec in specs:
             existing = self.current.get(spec.source)
             if existing is not None:
                 out.append((existing, False))
                 continue
             event = self._new_event(spec)
-            for transition, pipeline in event.pipelines.items():
-                if pipeline not in self.pipelines:
-                    raise Invalid(f"pipelines.{transition}: unknown pipeline {pipeline!r}; "
-                                  f"defined: {', '.join(sorted(self.pipelines)) or '(none)'}")
             self.events[event.id] = event
             self.current[event.source] = event
             self.store.insert(schema.alarm_events, _event_row(event))
