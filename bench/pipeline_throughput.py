@@ -10,6 +10,8 @@ the figures are comparable on the same machine.
 Phases:
   1. Alertmanager (Debian ``prometheus-alertmanager``) burst: N alerts, distinct
      ``alertname`` each, ``group_by: [alertname]``, ``group_wait: 0s``.
+  (harness floor: the steady-rate loop below posting straight to the receiver, to show
+     how much of a p99 is this process itself; --no-calibrate skips it)
   2. annunciator burst: the same N alarms through ``POST /api/alarms`` and a webhook
      notification pipeline.
   3. annunciator steady rate: ``--rate`` alarms/s for ``--seconds``, one alarm per request,
@@ -149,6 +151,9 @@ class PhaseResult:
     # CPU seconds the server process (all its threads) spent from the first POST to the end
     # of draining: tells a CPU-bound server (≈ wall time x cores) from one that waits.
     server_cpu_s: float | None = None
+    # The same for this process (sender + receiver): if it nears one core, the harness and
+    # not the server limits the figures.
+    harness_cpu_s: float | None = None
     error_count: int = 0
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
@@ -206,6 +211,7 @@ class PhaseResult:
             "api_p50_ms": _ms(percentile(self.api_latency, 50)),
             "api_p99_ms": _ms(percentile(self.api_latency, 99)),
             "server_cpu_s": self.server_cpu_s,
+            "harness_cpu_s": self.harness_cpu_s,
             "duplicates": self.duplicates,
             "strays": self.strays,
             "error_count": self.error_count,
@@ -465,7 +471,7 @@ async def run_alertmanager(args: argparse.Namespace, rx: WebhookReceiver) -> Pha
             ]
             send_times: dict[str, float] = {}
             log(f"alertmanager: posting {args.alarms} alerts in {len(batches)} batches")
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
             first, last = await post_batches(
                 session,
                 f"{base}/api/v2/alerts",
@@ -489,6 +495,7 @@ async def run_alertmanager(args: argparse.Namespace, rx: WebhookReceiver) -> Pha
                 first_start=first,
             )
             result.server_cpu_s = cpu_delta(cpu0, proc.pid)
+            result.harness_cpu_s = cpu_delta(me0, os.getpid())
             log(f"alertmanager: {result.delivered} notifications delivered")
     finally:
         code = stop_process(proc, "alertmanager")
@@ -580,17 +587,22 @@ async def run_steady(
     headers: dict[str, str],
     rx: WebhookReceiver,
     args: argparse.Namespace,
-    source_of: Callable[[int], str],
-    offset: int,
+    *,
+    name: str,
+    seconds: float,
+    key_of: Callable[[int], str],
+    body_of: Callable[[int, str], Any],
+    ok_status: int,
+    check: Callable[[Any, list[str]], str | None] | None,
 ) -> PhaseResult:
-    """Open-loop constant rate: alarm i is due at t0 + i/rate whatever the gateway does.
+    """Open-loop constant rate: request i is due at t0 + i/rate whatever the server does.
 
     The send time is the moment the POST is issued (== its due time while the sender
     keeps up), so a gateway that slows down shows up as latency instead of being hidden by
     a sender that politely waits (coordinated omission).
     """
-    total = int(args.rate * args.seconds)
-    result = PhaseResult(f"annunciator steady {args.rate:g}/s")
+    total = int(args.rate * seconds)
+    result = PhaseResult(name)
     send_times: dict[str, float] = {}
     max_in_flight = max(64, int(args.rate * 2))
     sem = asyncio.Semaphore(max_in_flight)
@@ -598,29 +610,28 @@ async def run_steady(
     behind = 0.0
 
     async def one(i: int) -> None:
-        key = source_of(offset + i)
+        key = key_of(i)
         async with sem:
             t0 = time.monotonic()
             send_times[key] = t0
             result.sent += 1
             try:
-                async with session.post(
-                    url, json={"alarms": [alarm(key, offset + i)]}, headers=headers
-                ) as resp:
+                async with session.post(url, json=body_of(i, key), headers=headers) as resp:
                     body = await resp.read()
                     result.api_latency.append(time.monotonic() - t0)
-                    if resp.status != 201:
+                    if resp.status != ok_status:
                         result.error(f"HTTP {resp.status}: {body[:300]!r}")
                         return
-                    problem = ann_check(json.loads(body) if body else None, [key])
-                    if problem:
-                        result.error(problem)
-                        return
+                    if check is not None:
+                        problem = check(json.loads(body) if body else None, [key])
+                        if problem:
+                            result.error(problem)
+                            return
                     result.accepted += 1
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 result.error(f"{type(exc).__name__}: {exc}")
 
-    log(f"annunciator steady: {total} alarms at {args.rate:g}/s for {args.seconds:g}s")
+    log(f"{name}: {total} requests at {args.rate:g}/s for {seconds:g}s")
     t_start = time.monotonic()
     for i in range(total):
         due = t_start + i / args.rate
@@ -645,6 +656,34 @@ async def run_steady(
         stall_timeout=args.stall_timeout,
         first_start=t_start,
     )
+    return result
+
+
+async def run_calibration(args: argparse.Namespace, rx: WebhookReceiver) -> PhaseResult:
+    """The harness floor: the steady-rate loop posting straight to the receiver.
+
+    Sender and receiver share this process (and the GIL) and the machine's cores with the
+    server under test; this row shows how much of a steady-phase p99 is the harness itself.
+    """
+    seconds = min(args.seconds, 5.0)
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        rx.clear()
+        result = await run_steady(
+            session,
+            f"{rx.base_url}/calibrate",
+            {},
+            rx,
+            args,
+            name=f"harness floor {args.rate:g}/s",
+            seconds=seconds,
+            key_of=lambda i: f"calibrate/{i}",
+            body_of=lambda i, key: {"events": [{"source": key}], "message": "calibration"},
+            ok_status=200,
+            check=None,
+        )
+    rx.clear()
     return result
 
 
@@ -702,7 +741,7 @@ async def run_annunciator(
             ]
             send_times: dict[str, float] = {}
             log(f"annunciator: posting {args.alarms} alarms in {len(batches)} batches")
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
             first, last = await post_batches(
                 session,
                 f"{base}/api/alarms",
@@ -727,15 +766,28 @@ async def run_annunciator(
                 first_start=first,
             )
             burst.server_cpu_s = cpu_delta(cpu0, proc.pid)
+            burst.harness_cpu_s = cpu_delta(me0, os.getpid())
             log(f"annunciator: {burst.delivered} notifications delivered")
             if args.seconds > 0 and args.rate > 0:
                 await asyncio.sleep(1.0)  # let stragglers of the burst land before measuring
                 rx.clear()
-                cpu0 = cpu_seconds(proc.pid)
+                cpu0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
+                offset = args.alarms
                 steady = await run_steady(
-                    session, f"{base}/api/alarms", headers, rx, args, source_of, args.alarms
+                    session,
+                    f"{base}/api/alarms",
+                    headers,
+                    rx,
+                    args,
+                    name=f"annunciator steady {args.rate:g}/s",
+                    seconds=args.seconds,
+                    key_of=lambda i: source_of(offset + i),
+                    body_of=lambda i, key: {"alarms": [alarm(key, offset + i)]},
+                    ok_status=201,
+                    check=ann_check,
                 )
                 steady.server_cpu_s = cpu_delta(cpu0, proc.pid)
+                steady.harness_cpu_s = cpu_delta(me0, os.getpid())
                 log(f"annunciator steady: {steady.delivered}/{steady.sent} delivered")
     finally:
         if profiler is not None:
@@ -815,7 +867,8 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> dict[str, An
             print(
                 f"  {r.name}: server CPU {r.server_cpu_s:.2f}s over {r.deliver_elapsed:.2f}s "
                 f"({100 * r.server_cpu_s / r.deliver_elapsed:.0f}% of one core), "
-                f"{1000 * r.server_cpu_s / r.delivered:.2f} ms CPU per notification"
+                f"{1000 * r.server_cpu_s / r.delivered:.2f} ms CPU per notification; "
+                f"harness CPU {r.harness_cpu_s or 0:.2f}s"
             )
     for r in results:
         parts = [
@@ -865,6 +918,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
     p.add_argument("--skip-alertmanager", action="store_true")
     p.add_argument("--skip-annunciator", action="store_true")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the harness-floor run (steady loop posting straight to the receiver)",
+    )
     p.add_argument("--database-url", help="gateway database (default: sqlite in a temp dir)")
     p.add_argument("--startup-timeout", type=float, default=60.0)
     p.add_argument("--request-timeout", type=float, default=30.0)
@@ -903,6 +961,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_alertmanager:
             results.append(await run_alertmanager(args, rx))
         if not args.skip_annunciator:
+            if args.seconds > 0 and args.rate > 0 and not args.no_calibrate:
+                results.append(await run_calibration(args, rx))
             burst, steady = await run_annunciator(args, rx)
             results.append(burst)
             if steady is not None:
