@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,7 +39,8 @@ def normalize_url(url: str) -> str:
 
 def create_engine(url: str) -> Engine:
     url = normalize_url(url)
-    engine = sa.create_engine(url, pool_pre_ping=True)
+    # A file database needs no liveness ping; a server does (restarts, idle timeouts).
+    engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         @sa_event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -48,6 +50,9 @@ def create_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=10000")
+            # No checkpoint inside a commit: it fsyncs and stalled commits (and so notifications)
+            # by up to 150 ms. Store.checkpoint() runs them off the commit path instead.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
     return engine
 
@@ -96,6 +101,8 @@ class Store:
         self._batch: _Batch | None = None
         self._flushing = False
         self._flush_task: asyncio.Future[None] | None = None
+        self._checkpoint_task: asyncio.Future[None] | None = None
+        self._writer_conn: Connection | None = None
         self.batches_written = 0
         self.rows_written = 0
 
@@ -107,9 +114,38 @@ class Store:
         self._loop = loop
         self._batch = _Batch(loop)
         migrate(self.engine)
+        if self.dialect == "sqlite":
+            loop.call_soon_threadsafe(self._start_checkpoints)
+
+    def _start_checkpoints(self) -> None:
+        self._checkpoint_task = asyncio.ensure_future(self._checkpoint_loop())
+
+    async def _checkpoint_loop(self, every: float = 1.0) -> None:
+        loop = self._loop
+        assert loop is not None
+        written = self.batches_written
+        while True:
+            await asyncio.sleep(every)
+            if self.batches_written != written:
+                written = self.batches_written
+                try:
+                    await loop.run_in_executor(self._readers, self.checkpoint, "PASSIVE")
+                except Exception as exc:  # a failed checkpoint loses nothing; the next one retries
+                    log.warning("WAL checkpoint failed: %s", exc)
+
+    def checkpoint(self, mode: str = "PASSIVE") -> None:
+        """Copy committed WAL pages into the database file (SQLite only)."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")
 
     async def close(self) -> None:
         await self.commit()
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+        if self.dialect == "sqlite":
+            await asyncio.get_running_loop().run_in_executor(self._readers, self.checkpoint, "TRUNCATE")
+        if self._writer_conn is not None:
+            self._writer.submit(self._writer_conn.close).result()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self.engine.dispose()
@@ -190,8 +226,24 @@ class Store:
             self._flushing = False
 
     def _write(self, batch: _Batch) -> None:
+        # The writer thread keeps one connection: a pool checkout per batch cost as much as the
+        # batch itself at one alarm per request.
+        conn = self._writer_conn
+        if conn is None or conn.invalidated or conn.closed:
+            conn = self._writer_conn = self.engine.connect()
+        try:
+            self._write_rows(conn, batch)
+        except BaseException:
+            if conn.in_transaction():
+                conn.rollback()
+            if isinstance(sys.exc_info()[1], sa.exc.OperationalError):
+                conn.close()
+                self._writer_conn = None
+            raise
+
+    def _write_rows(self, conn: Connection, batch: _Batch) -> None:
         rows = 0
-        with self.engine.begin() as conn:
+        with conn.begin():
             for table in _ORDER:
                 pending = batch.inserts.get(table)
                 if pending:
