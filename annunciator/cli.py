@@ -81,9 +81,9 @@ def serve(cfg: Config, pm: PluginManager, extra_routes: list[Any] | None = None)
     http = cfg.gateway.http
     if cfg.gateway.external_url is None and http.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("annunciator").warning("serving on %s without TLS in front: use a reverse proxy", http.host)
+    # uvicorn's own "running on" line comes only once the port is bound (or says why not)
     server = uvicorn.Server(uvicorn.Config(app, host=http.host, port=http.port, lifespan="on",
-                                           log_level="warning", access_log=False))
-    logging.getLogger("annunciator").info("HTTP API on http://%s:%d/api/", http.host, http.port)
+                                           log_level="info", access_log=False))
     server.run()
     if not server.started:
         sys.exit(3)
