@@ -3,6 +3,7 @@ HTTP API answers, and what the trace and journal record."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import httpx
 from annunciator import hookimpl
 from annunciator.core.config import StrictModel
 from annunciator.core.profiles import DeliveryResult, NotificationProfile
+
 from conftest import ack, raise_alarm, story
 
 
@@ -273,6 +275,36 @@ def test_jump_moves_the_event_into_another_pipeline(pipeline_gateway, webhook_re
     assert webhook_receiver.count == 1
 
 
+def test_jump_from_one_branch_of_a_split_leaves_the_other_running(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({
+        "p1": {"blocks": [
+            {"type": "splitter", "outputs": ["hold", "go"]},
+            {"type": "delay", "name": "hold", "delay": "0.3s"},
+            notify("after the delay", next="end"),
+            {"type": "jump", "name": "go", "pipeline": "p2"}]},
+        "p2": {"blocks": [notify("in p2", roster="supervisors")]},
+    })
+    event = raise_alarm(gw, "plant/split-jump", "p1")
+    reqs = webhook_receiver.wait_for(2)
+    assert [q.json["message"] for q in reqs] == ["in p2", "after the delay"]
+    assert until(lambda: statuses(gw, event["id"]) == {"p1": "done", "p2": "done"})
+
+
+def test_last_branch_jumping_ends_the_instance_as_jumped(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({
+        "p1": {"blocks": [
+            {"type": "splitter", "outputs": ["a", "b"]},
+            notify("a", name="a", next="end"),
+            {"type": "delay", "name": "b", "delay": "0.2s"},
+            {"type": "jump", "pipeline": "p2"}]},
+        "p2": {"blocks": [notify("in p2")]},
+    })
+    event = raise_alarm(gw, "plant/split-jump", "p1")
+    reqs = webhook_receiver.wait_for(2)
+    assert [q.json["message"] for q in reqs] == ["a", "in p2"]
+    assert until(lambda: statuses(gw, event["id"]) == {"p1": "jumped", "p2": "done"})
+
+
 # --- escalate ----------------------------------------------------------------------------------
 
 def test_escalate_repeats_the_ladder_then_goes_on(pipeline_gateway, webhook_receiver):
@@ -287,7 +319,7 @@ def test_escalate_repeats_the_ladder_then_goes_on(pipeline_gateway, webhook_rece
         ("maria", "esc E1"), ("li", "esc E1"), ("maria", "esc E1"), ("li", "esc E1"),
         ("sam", "nobody answered E1")]
     # each tier waited its turn
-    gaps = [b.received_at - a.received_at for a, b in zip(reqs[:3], reqs[1:4], strict=True)]
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(reqs)]
     assert all(g >= 0.15 for g in gaps), gaps
     waits = [t["why"] for t in traced(gw, event["id"], "wait")]
     assert waits[0].startswith("tier 1 (operators, round 1): 1 notification(s)")
@@ -415,6 +447,16 @@ def test_manual_ack_mode_stays_unacknowledged_on_clear(pipeline_gateway, webhook
     [req] = webhook_receiver.wait_for(1)
     assert req.json["message"] == "cleared M (ClearUnacked)"
     assert [j["action"] for j in story(gw, event["id"])["journal"]] == ["active", "cleared"]
+
+
+def test_acknowledged_pipeline_runs_on_ack(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({"acked": {"blocks": [notify("{name} acknowledged by {ackUser}: {state}",
+                                                       roster="supervisors")]}})
+    event = raise_alarm(gw, "plant/ack", name="Ack me", pipelines={"acknowledged": "acked"})
+    assert ack(gw, event["id"], "maria", "seen").status_code == 200
+    [req] = webhook_receiver.wait_for(1)
+    assert req.json["message"] == "Ack me acknowledged by maria: ActiveAcked"
+    assert req.json["user"]["username"] == "li"
 
 
 # --- pipeline status API ------------------------------------------------------------------------

@@ -24,13 +24,13 @@ class Priority(enum.IntEnum):
     def parse(cls, value: Any) -> Priority:
         if isinstance(value, Priority):
             return value
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
             return cls(value)
         if isinstance(value, str):
             key = value.strip().upper()
             if key in cls.__members__:
                 return cls[key]
-            if key.isdigit():
+            if key.isascii() and key.isdigit() and int(key) in cls._value2member_map_:
                 return cls(int(key))
         names = ", ".join(p.label for p in cls)
         raise ValueError(f"expected a priority ({names} or 0-4), got {value!r}")

@@ -8,6 +8,8 @@ line, and what was expected.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -31,25 +33,42 @@ from .errors import ConfigError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 100 * 365 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
     """Seconds from ``30s``, ``5m``, ``1h30m``, ``250ms`` or a bare number of seconds."""
     if isinstance(value, bool):
-        raise ValueError(f'expected a duration like "30s", got {value!r}')
+        raise ValueError(f'expected a duration like "30s", got {_shown(value)}')
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"expected a duration of zero or more, got {value!r}")
-        return float(value)
+        return _seconds(float(value), value)
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         if text and _DURATION.sub("", text) == "" and _DURATION.match(text):
-            return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+            return _seconds(sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text)), value)
         try:
-            return parse_duration(float(text))
+            seconds = float(text)
         except ValueError:
             pass
-    raise ValueError(f'expected a duration like "30s", got {value!r}')
+        else:
+            if math.isfinite(seconds) and seconds >= 0:
+                return _seconds(seconds, value)
+    raise ValueError(f'expected a duration like "30s", got {_shown(value)}')
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: text in double quotes, as in the YAML file."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def _seconds(seconds: float, value: Any) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError(f'expected a duration like "30s", got {_shown(value)}')
+    if seconds < 0:
+        raise ValueError(f"expected a duration of zero or more, got {value!r}")
+    if seconds > MAX_DURATION:  # no timer can be armed that far ahead
+        raise ValueError(f"expected a duration of at most 100 years, got {value!r}")
+    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -313,13 +332,28 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part[:1].isupper() or "[" in part)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that keeps a plain mapping key as the text written: YAML 1.1 would read the
+    expression block's ``true:``/``false:`` keys as booleans and a switch's ``1:`` case as an int,
+    and every key in the config is a name."""
+
+    _TEXT_KEYS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "null"))
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag in self._TEXT_KEYS and not key.style:
+                key.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read config: {exc.strerror}")], file=str(path)) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -347,6 +381,8 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError([("", "expected a mapping of sections at the top of the file")], file)
 
+    # a section written with nothing under it (`pipelines:`) means an empty one
+    raw = {k: ({} if v is None and k != "alarms" else [] if v is None else v) for k, v in raw.items()}
     data, problems = expand_env(raw, env)
     try:
         settings = FileSettings.model_validate(data)

@@ -236,7 +236,11 @@ class Engine:
                 br.block, br.entered, br.state = targets[0], utcnow(), {}
             elif isinstance(outcome, Jump):
                 self.trace(inst, br, "leave", why)
-                self._end(inst, JUMPED, why)
+                # Only this branch leaves: other branches of a split carry on here, and the
+                # instance ends as "jumped" when the last branch jumps.
+                self._drop_branch(inst, br, why)
+                if not inst.branches:
+                    self._end(inst, JUMPED, why)
                 target = outcome.pipeline
                 await self.enter(inst.event, target, f"jumped from {pipeline.name}", inst.properties)
                 return
