@@ -12,12 +12,19 @@ from annunciator.testing.gateway import GatewayProcess, api_client, write_config
 pytestmark = pytest.mark.slow
 
 
+def delayed_page(delay: str, message: str) -> dict:
+    return {"late": {"blocks": [
+        {"type": "delay", "delay": delay},
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": message}]}}
+
+
+def start_process(tmp_path, gateway_config, pipelines) -> GatewayProcess:
+    gateway_config["pipelines"] = pipelines
+    return GatewayProcess(write_config(tmp_path / "annunciator.yaml", gateway_config)).start()
+
+
 def test_kill_9_during_delay_resumes_and_sends_once_when_due(tmp_path, gateway_config, webhook_receiver):
-    gateway_config["pipelines"] = {"late": {"blocks": [
-        {"type": "delay", "delay": "4s"},
-        {"type": "notification", "profile": "hook", "roster": "operators", "message": "due {name}"}]}}
-    path = write_config(tmp_path / "annunciator.yaml", gateway_config)
-    proc = GatewayProcess(path).start()
+    proc = start_process(tmp_path, gateway_config, delayed_page("4s", "due {name}"))
     try:
         with api_client(proc.url) as api:
             r = api.post("/api/alarms", json={"source": "plant/tank", "name": "Tank high",
@@ -45,10 +52,8 @@ def test_pending_notification_sent_after_crash_keeps_its_idempotency_key(tmp_pat
     # with retries; the gateway is killed; after restart it is delivered with the same key.
     webhook_receiver.status = 503
     gateway_config["gateway"]["retry"] = {"attempts": 50, "backoff": "2s", "max_backoff": "2s"}
-    gateway_config["pipelines"] = {"now": {"blocks": [
-        {"type": "notification", "profile": "hook", "roster": "operators", "message": "{name}"}]}}
-    path = write_config(tmp_path / "annunciator.yaml", gateway_config)
-    proc = GatewayProcess(path).start()
+    proc = start_process(tmp_path, gateway_config, {"now": {"blocks": [
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "{name}"}]}})
     try:
         with api_client(proc.url) as api:
             event = api.post("/api/alarms", json={"source": "plant/valve", "name": "Valve stuck",
@@ -69,11 +74,7 @@ def test_pending_notification_sent_after_crash_keeps_its_idempotency_key(tmp_pat
 
 
 def test_acknowledged_before_restart_stays_quiet(tmp_path, gateway_config, webhook_receiver):
-    gateway_config["pipelines"] = {"late": {"blocks": [
-        {"type": "delay", "delay": "2s"},
-        {"type": "notification", "profile": "hook", "roster": "operators", "message": "late"}]}}
-    path = write_config(tmp_path / "annunciator.yaml", gateway_config)
-    proc = GatewayProcess(path).start()
+    proc = start_process(tmp_path, gateway_config, delayed_page("2s", "late"))
     try:
         with api_client(proc.url) as api:
             event = api.post("/api/alarms", json={"source": "plant/a", "pipelines": {"active": "late"}}

@@ -114,3 +114,24 @@ def test_raising_an_active_source_again_returns_the_same_event(pipeline_gateway,
     gw.client.post("/api/alarms/clear", json={"sources": ["plant/a"]})
     third = gw.client.post("/api/alarms", json={"source": "plant/a", "pipelines": {"active": "p"}})
     assert third.status_code == 201 and third.json()["events"][0]["id"] != first.json()["events"][0]["id"]
+
+
+def test_pipeline_built_in_python_runs(gateway_config, start_gateway, webhook_receiver):
+    import pytest
+
+    from annunciator.core.errors import ConfigError
+    from annunciator.core.pipeline import build_pipeline
+
+    with pytest.raises(ConfigError) as info:
+        build_pipeline("bad", [{"type": "delay", "delay": "soon"}])
+    assert 'pipelines.bad.blocks[0].delay: expected a duration like "30s", got "soon"' in str(info.value)
+
+    gw = start_gateway(gateway_config)
+    built = build_pipeline("py", [
+        {"type": "set-property", "property": "who", "expression": "'python'"},
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "from {who}"}],
+        dropout=["acknowledged"])
+    gw.gateway.pipelines["py"] = built
+    raise_alarm(gw, "plant/py", "py")
+    [req] = webhook_receiver.wait_for(1)
+    assert req.json["message"] == "from python"
