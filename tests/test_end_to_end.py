@@ -135,3 +135,22 @@ def test_pipeline_built_in_python_runs(gateway_config, start_gateway, webhook_re
     raise_alarm(gw, "plant/py", "py")
     [req] = webhook_receiver.wait_for(1)
     assert req.json["message"] == "from python"
+
+
+def test_shelf_expiry_routes_a_still_active_alarm(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({"p": {"blocks": [
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "{name}"}]}})
+    r = gw.client.post("/api/shelve", json={"sources": ["plant/noisy"], "minutes": 0.02, "user": "li"})
+    assert r.status_code == 200
+    assert [s["source"] for s in gw.client.get("/api/shelved").json()["shelved"]] == ["plant/noisy"]
+    event = raise_alarm(gw, "plant/noisy", "p", name="Noisy sensor")
+    assert event["shelved"] is True
+    time.sleep(0.5)
+    assert webhook_receiver.count == 0
+    [req] = webhook_receiver.wait_for(1, timeout=5)  # the shelf ends 1.2 s after it was made
+    assert req.json["message"] == "Noisy sensor"
+    journal = gw.client.get("/api/journal", params={"eventId": event["id"]}).json()["journal"]
+    assert [(j["action"], j["user"]) for j in journal] == [
+        ("active", None), ("shelved", None), ("unshelved", "system")]
+    assert journal[2]["notes"] == "shelf expired"
+    assert gw.client.get("/api/shelved").json()["shelved"] == []
