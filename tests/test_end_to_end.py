@@ -154,3 +154,20 @@ def test_shelf_expiry_routes_a_still_active_alarm(pipeline_gateway, webhook_rece
         ("active", None), ("shelved", None), ("unshelved", "system")]
     assert journal[2]["notes"] == "shelf expired"
     assert gw.client.get("/api/shelved").json()["shelved"] == []
+
+
+def test_ack_notes_required_and_auto_ack_definitions(pipeline_gateway):
+    gw = pipeline_gateway({}, alarms=[
+        {"source": "plant/safety/*", "priority": "Critical", "ack_notes_required": True},
+        {"source": "plant/info/*", "priority": "Low", "ack_mode": "unused"}])
+    safety = raise_alarm(gw, "plant/safety/gas")
+    assert safety["priority"] == "Critical" and safety["ackNotesRequired"] is True
+    r = ack(gw, safety["id"], "maria", "   ")
+    assert r.status_code == 422 and "requires acknowledgement notes" in r.json()["error"]
+    assert [j["action"] for j in gw.client.get("/api/journal", params={"eventId": safety["id"]}
+                                                ).json()["journal"]] == ["active"]
+    assert ack(gw, safety["id"], "maria", "gas detector tested, false alarm").status_code == 200
+    info = raise_alarm(gw, "plant/info/door")
+    assert info["state"] == "ActiveAcked" and info["ackUser"] == "system"
+    listed = gw.client.get("/api/alarms", params={"priority": "High"}).json()["events"]
+    assert [e["source"] for e in listed] == ["plant/safety/gas"]
