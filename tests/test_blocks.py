@@ -487,3 +487,16 @@ def test_instances_api_shows_the_block_and_cancel_stops_it(pipeline_gateway, web
     assert gw.client.post(f"/api/instances/{inst['id']}/cancel", json={}).status_code == 404
     [cancel] = traced(gw, event["id"], "cancelled")
     assert cancel["why"] == "cancelled by li"
+
+
+def test_escalate_with_ack_mode_unused_notifies_first_tier_once(pipeline_gateway, webhook_receiver):
+    gw = pipeline_gateway({"esc": {"blocks": [
+        {"type": "escalate", "profile": "hook", "message": "{name}",
+         "tiers": [{"roster": "operators", "wait": "0.2s"}, {"roster": "supervisors", "wait": "0.2s"}]}]}})
+    event = raise_alarm(gw, "plant/info", "esc", name="Door open", ackMode="unused")
+    [req] = webhook_receiver.wait_for(1)
+    assert req.json["user"]["username"] == "maria"
+    time.sleep(0.8)
+    assert webhook_receiver.count == 1
+    whys = [t["why"] for t in story(gw, event["id"])["trace"] if t["action"] == "leave"]
+    assert any("ack mode unused" in w for w in whys)

@@ -171,3 +171,32 @@ def test_ack_notes_required_and_auto_ack_definitions(pipeline_gateway):
     assert info["state"] == "ActiveAcked" and info["ackUser"] == "system"
     listed = gw.client.get("/api/alarms", params={"priority": "High"}).json()["events"]
     assert [e["source"] for e in listed] == ["plant/safety/gas"]
+
+
+def test_database_outage_answers_503_and_loses_nothing(pipeline_gateway, webhook_receiver,
+                                                       annunciator_database_url):
+    import sqlite3
+
+    import pytest
+
+    if not annunciator_database_url.startswith("sqlite"):
+        pytest.skip("holds a SQLite write lock to play the outage")
+    gw = pipeline_gateway({"p": {"blocks": [
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "{name}"}]}})
+    gw.gateway.config.gateway.commit_timeout = 0.5
+    blocker = sqlite3.connect(annunciator_database_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        r = gw.client.post("/api/alarms", json={"source": "plant/x", "name": "X", "pipelines": {"active": "p"}})
+        assert r.status_code == 503 and "repeating this request is safe" in r.json()["error"]
+        time.sleep(0.3)
+        assert webhook_receiver.count == 0  # never notify what is not stored
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    [req] = webhook_receiver.wait_for(1, timeout=15)
+    assert req.json["message"] == "X"
+    again = gw.client.post("/api/alarms", json={"source": "plant/x", "pipelines": {"active": "p"}})
+    assert again.status_code == 200  # the retry finds the same event
+    journal = gw.client.get("/api/journal", params={"source": "plant/x"}).json()["journal"]
+    assert [j["action"] for j in journal] == ["active"]

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 
+from .alarms import AckMode
 from .config import Config, Duration, StrictModel
 from .expressions import ExpressionError, check_expression, compile_expression
 from .hookspecs import hookimpl
@@ -223,8 +224,14 @@ class EscalateBlock(Block):
                         f"waiting {t.wait:g}s for an acknowledgement")
 
     def enter(self, ctx: BlockContext) -> Wait | Next:
+        if ctx.event.ack_mode == AckMode.UNUSED:
+            # nobody can acknowledge it, so there is nothing to escalate; but it must still reach
+            # the first tier rather than pass silently
+            t = self.settings.tiers[0]
+            count = ctx.notify(t.profiles or self.settings.profiles, t.roster, self.settings.message)
+            return Next(why=f"ack mode unused: tier 1 ({t.roster}) notified ({count}), no escalation")
         if ctx.event.acknowledged:
-            return Next(why="already acknowledged")
+            return Next(why=f"already acknowledged by {ctx.event.ack_user or 'someone'}")
         return self._notify(ctx, 0, 0)
 
     def resume(self, ctx: BlockContext, state: dict[str, Any], reason: str) -> Wait | Next:

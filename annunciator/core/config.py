@@ -115,6 +115,8 @@ class GatewaySettings(StrictModel):
     external_url: str | None = None
     retry: RetrySettings = RetrySettings()
     max_concurrent_sends: int = Field(256, ge=1)
+    # how long an API call waits for its change to be stored before answering 503
+    commit_timeout: Duration = 10.0
 
 
 Contacts = dict[str, list[str]]

@@ -3,6 +3,7 @@ from ``gateway.api_tokens``; plugin routes elsewhere check their own callers (si
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -100,6 +101,17 @@ async def _parse(request: Request, model: type[BaseModel], wrap: str | None = No
         raise ApiError(422, f"invalid request: {summary}", fields)
 
 
+async def _stored(gw: Gateway) -> None:
+    """Wait until the request's changes are durable; 503 when the database does not answer in
+    time. Nothing is dropped: the change stays queued and is written when the database returns,
+    and repeating the request is safe (raising an active source again returns its event)."""
+    try:
+        await asyncio.wait_for(gw.store.commit(), gw.config.gateway.commit_timeout)
+    except TimeoutError:
+        raise ApiError(503, "the database is not answering; the change is queued and will be stored "
+                            "when it returns (repeating this request is safe)")
+
+
 def _time(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
@@ -137,7 +149,7 @@ async def health(gw: Gateway, request: Request) -> Response:
 async def raise_alarms(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, RaiseBody, wrap="alarms")
     results = await gw.raise_alarms(body.alarms)
-    await gw.store.commit()  # answer only once the events are durable
+    await _stored(gw)  # answer only once the events are durable
     created = any(c for _, c in results)
     return _json({"events": [e.to_dict() for e, _ in results], "created": [c for _, c in results]},
                  201 if created else 200)
@@ -165,21 +177,21 @@ async def alarm_trace(gw: Gateway, request: Request) -> Response:
 async def ack_one(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, AckBody)
     events = await gw.acknowledge([request.path_params["id"]], body.user, body.notes)
-    await gw.store.commit()
+    await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
 async def ack_many(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, AckManyBody)
     events = await gw.acknowledge(body.event_ids, body.user, body.notes)
-    await gw.store.commit()
+    await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
 async def clear_one(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, ClearBody)
     events = await gw.clear([request.path_params["id"]], body.user, body.notes)
-    await gw.store.commit()
+    await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
@@ -192,21 +204,21 @@ async def clear_many(gw: Gateway, request: Request) -> Response:
         events += await gw.clear_sources(body.sources, body.user, body.notes)
     if body.event_ids:
         events += await gw.clear(body.event_ids, body.user, body.notes)
-    await gw.store.commit()
+    await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
 async def shelve(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, ShelveBody)
     expires = await gw.shelve(body.sources, body.minutes, body.user, body.notes)
-    await gw.store.commit()
+    await _stored(gw)
     return _json({"sources": body.sources, "expiresAt": expires.isoformat()})
 
 
 async def unshelve(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, UnshelveBody)
     await gw.unshelve(body.sources, body.user)
-    await gw.store.commit()
+    await _stored(gw)
     return _json({"sources": body.sources})
 
 
@@ -251,7 +263,7 @@ async def instance(gw: Gateway, request: Request) -> Response:
 async def cancel_instance(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, CancelBody)
     inst = gw.cancel_instance(request.path_params["id"], body.user)
-    await gw.store.commit()
+    await _stored(gw)
     return _json(inst.to_dict())
 
 
