@@ -291,3 +291,41 @@ def demo(data_dir: str, port: int) -> None:
     from .demo import run_demo
 
     run_demo(Path(data_dir), port)
+
+
+@main.group()
+def user() -> None:
+    """On-call users on a running gateway: list them, set PINs, clear lockouts."""
+
+
+@user.command("list")
+@_api_options
+def user_list(api: Api) -> None:
+    """Users, whether each has a PIN, and any lockout."""
+    for u in api.call("GET", "/api/users")["users"]:
+        lock = f"  LOCKED until {u['lockedUntil']}" if u["lockedUntil"] else ""
+        contacts = ", ".join(f"{k}: {' '.join(v)}" for k, v in u["contacts"].items())
+        click.echo(f"{u['id']:>4}  {u['username']:<16} {'PIN' if u['hasPin'] else 'no PIN':<7} {contacts}{lock}")
+
+
+@user.command("pin")
+@click.argument("username")
+@click.option("--pin-stdin", is_flag=True, help="read the PIN from standard input (for scripts)")
+@_api_options
+def user_pin(api: Api, username: str, pin_stdin: bool) -> None:
+    """Set USERNAME's PIN (asked twice, not echoed). A `pin:` in the config wins at restart."""
+    if pin_stdin:
+        pin = sys.stdin.readline().strip()
+    else:
+        pin = click.prompt("New PIN", hide_input=True, confirmation_prompt=True)
+    api.call("POST", f"/api/users/{username}/pin", {"pin": pin})
+    click.echo(f"PIN set for {username}")
+
+
+@user.command("unlock")
+@click.argument("username")
+@_api_options
+def user_unlock(api: Api, username: str) -> None:
+    """Clear a lockout after too many wrong PINs."""
+    api.call("POST", f"/api/users/{username}/unlock", {})
+    click.echo(f"{username} unlocked")

@@ -50,3 +50,38 @@ def test_other_secret_does_not_verify(tmp_path):
     u = User("maria")
     set_pin(u, load_secret(tmp_path / "one.key"), "1234")
     assert check_pin(u, load_secret(tmp_path / "two.key"), "1234") == PinResult.WRONG
+
+
+def test_set_pin_over_the_cli_and_api(pipeline_gateway, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    gw = pipeline_gateway({})
+    env = {**os.environ, "ANNUNCIATOR_URL": gw.url, "ANNUNCIATOR_TOKEN": "test-token"}
+
+    def cli(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "annunciator", "user", *args], input=stdin,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    r = cli("pin", "li", "--pin-stdin", stdin="98765\n")
+    assert r.returncode == 0 and "PIN set for li" in r.stdout
+    li = gw.gateway.users["li"]
+    assert check_pin(li, gw.gateway.secret, "98765") == PinResult.OK
+    r = cli("pin", "li", "--pin-stdin", stdin="12ab\n")
+    assert r.returncode == 1 and "pin" in r.stderr
+    r = cli("pin", "nobody", "--pin-stdin", stdin="1234\n")
+    assert r.returncode == 1 and "no user 'nobody'" in r.stderr
+
+    async def three_wrong_pins():  # on the gateway's loop, which owns the store's queue
+        for wrong in ("0000", "1111", "2222"):
+            check_pin(li, gw.gateway.secret, wrong)
+        gw.gateway.save_user(li)
+
+    gw.call(three_wrong_pins)
+    listing = cli("list").stdout
+    assert "LOCKED until" in next(line for line in listing.splitlines() if " li " in line)
+    assert "98765" not in listing and li.pin_hash not in listing
+    assert cli("unlock", "li").returncode == 0
+    assert "LOCKED" not in cli("list").stdout
+    assert check_pin(li, gw.gateway.secret, "98765") == PinResult.OK

@@ -157,6 +157,27 @@ class Gateway:
             self.users_by_id[user.id] = user
         await self.store.commit()
 
+    def get_user(self, username: str) -> User:
+        user = self.users.get(username)
+        if user is None:
+            raise NotFound(f"no user {username!r}; known: {', '.join(sorted(self.users)) or '(none)'}")
+        return user
+
+    def set_user_pin(self, username: str, pin: str) -> User:
+        """Set a PIN (stored only as its keyed hash); clears any lockout."""
+        if not pin.isascii() or not pin.isdigit() or not 4 <= len(pin) <= 12:
+            raise Invalid("expected a PIN of 4 to 12 digits")
+        user = self.get_user(username)
+        set_pin(user, self.secret, pin)
+        self.save_user(user)
+        return user
+
+    def unlock_user(self, username: str) -> User:
+        user = self.get_user(username)
+        user.pin_failures, user.locked_until = 0, None
+        self.save_user(user)
+        return user
+
     def save_user(self, user: User) -> None:
         """Persist PIN and lockout state after a check."""
         self.store.update(schema.users, user.id, {

@@ -42,6 +42,12 @@ class User:
         return {"id": self.id, "username": self.username, "name": self.display_name,
                 "language": self.language, "contacts": self.contacts}
 
+    def status(self) -> dict[str, object]:
+        """For administrators: never the hash, only whether a PIN is set and any lockout."""
+        locked = self.locked_until if self.locked_until and self.locked_until > utcnow() else None
+        return {**self.to_dict(), "hasPin": bool(self.pin_hash),
+                "lockedUntil": locked.isoformat() if locked else None}
+
 
 def load_secret(path: Path) -> bytes:
     """The server secret used to key PIN hashes; created (mode 0600) on first start."""

@@ -67,6 +67,10 @@ class CancelBody(_Body):
     user: str | None = None
 
 
+class PinBody(_Body):
+    pin: str = Field(min_length=4, max_length=12, pattern=r"^[0-9]+$")
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, fields: list[dict[str, str]] | None = None):
         self.status, self.message, self.fields = status, message, fields or []
@@ -275,6 +279,23 @@ async def plugins(gw: Gateway, request: Request) -> Response:
     })
 
 
+async def users(gw: Gateway, request: Request) -> Response:
+    return _json({"users": [u.status() for u in gw.users.values()]})
+
+
+async def user_pin(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, PinBody)
+    user = gw.set_user_pin(request.path_params["username"], body.pin)
+    await _stored(gw)
+    return _json(user.status())
+
+
+async def user_unlock(gw: Gateway, request: Request) -> Response:
+    user = gw.unlock_user(request.path_params["username"])
+    await _stored(gw)
+    return _json(user.status())
+
+
 async def tags(gw: Gateway, request: Request) -> Response:
     return _json({"tags": [t.to_dict() for t in gw.tags.browse(request.query_params.get("path", ""))]})
 
@@ -331,6 +352,9 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
         r("/api/instances/{id}/cancel", cancel_instance, ["POST"]),
         r("/api/plugins", plugins, ["GET"]),
         r("/api/tags", tags, ["GET"]),
+        r("/api/users", users, ["GET"]),
+        r("/api/users/{username}/pin", user_pin, ["POST"]),
+        r("/api/users/{username}/unlock", user_unlock, ["POST"]),
     ]
     for group in gw.hook.annunciator_routes(gateway=gw):
         routes.extend(group or ())
