@@ -301,6 +301,7 @@ class Engine:
         if status in (DROPPED, CANCELLED):
             self.gateway.dispatcher.cancel_instance(inst.id, why)
         self._save(inst)
+        self.gateway.forget_if_done(inst.event)
 
     async def on_transition(self, event: AlarmEvent, transition: str, why: str) -> None:
         """Apply dropout (at once) and wake acknowledgement waits for an event's transition."""

@@ -372,7 +372,7 @@ class Gateway:
             self._save_event(event)
             if "cleared" in event.pipelines:
                 await self.engine.enter(event, event.pipelines["cleared"], "event cleared")
-            self._forget_if_done(event)
+            self.forget_if_done(event)
         self._update_alarm_tags()
         return events
 
@@ -397,7 +397,7 @@ class Gateway:
         for event in events:
             await self._ack(event, user, notes)
             self._save_event(event)
-            self._forget_if_done(event)
+            self.forget_if_done(event)
         self._update_alarm_tags()
         return events
 
@@ -469,7 +469,8 @@ class Gateway:
         del row["id"]
         self.store.update(schema.alarm_events, event.id, row)
 
-    def _forget_if_done(self, event: AlarmEvent) -> None:
+    def forget_if_done(self, event: AlarmEvent) -> None:
+        """Drop a cleared-and-acknowledged event from memory once no pipeline carries it."""
         if event.done and not self.engine.by_event.get(event.id):
             self.events.pop(event.id, None)
 

@@ -88,19 +88,25 @@ class Dispatcher:
         self.retry = retry
         self._limit = asyncio.Semaphore(max_concurrent)
         self._live: dict[str, Notification] = {}
+        self._by_instance: dict[str, set[str]] = {}  # so a dropout need not scan every notification
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.failed = 0
 
     def submit(self, notification: Notification) -> None:
         """Send once the current store batch (which holds its row) commits."""
-        self._live[notification.id] = notification
+        self._track(notification)
         self.gateway.store.after_commit(lambda: self._spawn(notification))
 
     def submit_committed(self, notification: Notification) -> None:
         """Send a notification whose row is already stored (recovered at start)."""
-        self._live[notification.id] = notification
+        self._track(notification)
         self._spawn(notification)
+
+    def _track(self, n: Notification) -> None:
+        self._live[n.id] = n
+        if n.instance_id:
+            self._by_instance.setdefault(n.instance_id, set()).add(n.id)
 
     def _spawn(self, notification: Notification) -> None:
         task = asyncio.ensure_future(self._deliver(notification))
@@ -110,8 +116,9 @@ class Dispatcher:
     def cancel_instance(self, instance_id: str, why: str) -> int:
         """Cancel not-yet-sent notifications of a pipeline instance that dropped out."""
         count = 0
-        for n in list(self._live.values()):
-            if n.instance_id == instance_id and n.status == PENDING:
+        for nid in list(self._by_instance.get(instance_id, ())):
+            n = self._live.get(nid)
+            if n is not None and n.status == PENDING:
                 self._finish(n, CANCELLED, error=why)
                 count += 1
         return count
@@ -162,6 +169,11 @@ class Dispatcher:
         if error is not None:
             n.last_error = error
         self._live.pop(n.id, None)
+        ids = self._by_instance.get(n.instance_id or "")
+        if ids is not None:
+            ids.discard(n.id)
+            if not ids:
+                del self._by_instance[n.instance_id or ""]
         if status == SENT:
             self.sent += 1
         elif status == FAILED:
