@@ -103,6 +103,7 @@ class Store:
         self._flush_task: asyncio.Future[None] | None = None
         self._checkpoint_task: asyncio.Future[None] | None = None
         self._writer_conn: Connection | None = None
+        self._plans: dict[tuple[sa.Table, tuple[str, ...]], Any] = {}
         self.batches_written = 0
         self.rows_written = 0
 
@@ -249,13 +250,33 @@ class Store:
                 if pending:
                     values = list(pending.values()) if isinstance(pending, dict) else pending
                     for group in _by_keys(values):
-                        conn.execute(table.insert(), group)
+                        self._insert(conn, table, group)
                     rows += len(values)
                 updates = batch.updates.get(table)
                 if updates:
                     rows += _write_updates(conn, table, updates)
         self.batches_written += 1
         self.rows_written += rows
+
+    def _insert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """executemany of a statement compiled once per (table, columns), with the dialect's own
+        bind processors applied here: SQLAlchemy's per-row parameter handling cost more than
+        SQLite's insert itself, on the writer thread that shares the GIL with the event loop."""
+        cols = tuple(rows[0])
+        plan = self._plans.get((table, cols))
+        if plan is None:
+            dialect = self.engine.dialect
+            compiled = table.insert().compile(dialect=dialect, column_keys=list(cols))
+            order = list(compiled.positiontup) if compiled.positional else list(cols)
+            procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in order]
+            plan = self._plans[(table, cols)] = (compiled.string, order, procs, compiled.positional)
+        sql, order, procs, positional = plan
+        params: list[Any] = []
+        for row in rows:
+            values = [row[c] if proc is None or row[c] is None else proc(row[c])
+                      for c, proc in zip(order, procs, strict=True)]
+            params.append(tuple(values) if positional else dict(zip(order, values, strict=True)))
+        conn.exec_driver_sql(sql, params)
 
     # --- reading ---------------------------------------------------------------------------
 
