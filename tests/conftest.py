@@ -37,3 +37,21 @@ def pipeline_gateway(gateway_config, start_gateway):
         return start_gateway(gateway_config, plugins=_plugins)
 
     return start
+
+
+@pytest.fixture(scope="module")
+def pipeline_gateway_once(tmp_path_factory):
+    """One gateway for a whole module (hypothesis runs many examples against it)."""
+    from annunciator.testing.gateway import TOKEN, RunningGateway, free_port, write_config
+
+    tmp = tmp_path_factory.mktemp("gw")
+    config = {
+        "gateway": {"http": {"port": free_port()}, "database": f"sqlite:///{tmp / 'a.db'}",
+                    "api_tokens": [TOKEN], "secret_file": str(tmp / "secret.key")},
+        "profiles": {"hook": {"type": "webhook", "url": "http://127.0.0.1:9/unused"}},
+        "users": {"maria": {}}, "rosters": {"operators": ["maria"]},
+        "pipelines": {"p": {"blocks": [{"type": "delay", "delay": "1h"}]}},
+    }
+    gw = RunningGateway(write_config(tmp / "annunciator.yaml", config)).start()
+    yield gw
+    gw.stop()

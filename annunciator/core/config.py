@@ -418,7 +418,7 @@ def _check_profiles(config: Config, profile_types: Mapping[str, Any]) -> list[tu
             what = "required" if "type" not in raw else "empty (YAML reads null/~ as nothing)"
             problems.append((f"{where}.type", f"{what}; installed profile types: {installed(profile_types)}"))
             continue
-        if kind not in profile_types:
+        if not isinstance(kind, str) or kind not in profile_types:
             problems.append((f"{where}.type", f"unknown profile type {kind!r}; installed: "
                              f"{installed(profile_types)}"))
             continue

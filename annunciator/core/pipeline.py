@@ -197,7 +197,7 @@ def build_pipelines(
             if kind is None:
                 problems.append((f"{where}.type", f"required; installed block types: {installed(block_types)}"))
                 continue
-            if kind not in block_types:
+            if not isinstance(kind, str) or kind not in block_types:
                 problems.append((f"{where}.type",
                                  f"unknown block type {kind!r}; installed: {installed(block_types)}"))
                 continue
