@@ -27,7 +27,7 @@ def test_migrate_twice_is_harmless(annunciator_database_url):
     migrate(engine)
     migrate(engine)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0002"
     engine.dispose()
 
 
@@ -55,3 +55,23 @@ def test_group_commit_writes_every_row_and_folds_updates(annunciator_database_ur
     assert len(rows) == 300
     assert ("s7", "n7") in rows
     assert batches <= 2  # 600 operations, one or two transactions
+
+
+def test_upgrade_from_0001_keeps_trace_lines(annunciator_database_url):
+    engine = create_engine(annunciator_database_url)
+    migrate(engine, "0001")
+    ts = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO traces (instance_id, event_id, ts, branch, block, action, why) "
+            "VALUES ('i1', 'e1', :ts, 0, 'delay-1', 'wait', 'delay 30s')"), {"ts": ts})
+    migrate(engine)
+    with engine.connect() as conn:
+        [row] = conn.execute(sa.select(schema.trace_runs)).all()
+        tables = sa.inspect(conn).get_table_names()
+    engine.dispose()
+    assert "traces" not in tables
+    assert row.instance_id == "i1" and row.event_id == "e1"
+    [[line_ts, branch, block, action, why]] = row.lines
+    assert (branch, block, action, why) == (0, "delay-1", "wait", "delay 30s")
+    assert line_ts.startswith(ts.date().isoformat())

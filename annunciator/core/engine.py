@@ -142,6 +142,8 @@ class Engine:
         self.gateway = gateway
         self.live: dict[str, Instance] = {}
         self.by_event: dict[str, dict[str, Instance]] = {}
+        self._trace_buffer: dict[str, tuple[str, list[list[Any]]]] = {}
+        gateway.store.before_flush(self._flush_traces)
 
     # --- entering -------------------------------------------------------------------------
 
@@ -332,10 +334,22 @@ class Engine:
 
     def trace(self, inst: Instance, branch: Branch | None, action: str, why: str) -> None:
         block = inst.pipeline.blocks[branch.block].name if branch is not None else None
-        self.gateway.store.insert(schema.traces, {
-            "instance_id": inst.id, "event_id": inst.event.id, "ts": utcnow(),
-            "branch": branch.id if branch is not None else -1, "block": block,
-            "action": action, "why": why})
+        lines = self._trace_buffer.get(inst.id)
+        if lines is None:
+            lines = self._trace_buffer[inst.id] = (inst.event.id, [])
+            self.gateway.store.touch()
+        lines[1].append([utcnow().isoformat(), branch.id if branch is not None else -1, block, action, why])
+
+    def _flush_traces(self) -> None:
+        """Queue buffered trace lines as one row per instance (called by the store before it
+        takes a batch, so everything traced so far is in that batch)."""
+        if not self._trace_buffer:
+            return
+        buffer, self._trace_buffer = self._trace_buffer, {}
+        for instance_id, (event_id, lines) in buffer.items():
+            self.gateway.store.insert(schema.trace_runs, {
+                "instance_id": instance_id, "event_id": event_id,
+                "ts": datetime.fromisoformat(lines[0][0]), "lines": lines})
 
     def restore(self, row: dict[str, Any], event: AlarmEvent) -> None:
         """Bring back a running instance from the store at start and re-arm its waits."""

@@ -597,13 +597,16 @@ class Gateway:
         return data
 
     async def traces(self, *, instance_id: str | None = None, event_id: str | None = None) -> list[dict[str, Any]]:
-        t = schema.traces
+        """Trace lines of one instance or of every instance of one event, oldest first."""
+        t = schema.trace_runs
 
         def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            q = sa.select(t).order_by(t.c.id)
+            q = sa.select(t.c.instance_id, t.c.lines).order_by(t.c.id)
             q = q.where(t.c.instance_id == instance_id) if instance_id else q.where(t.c.event_id == event_id)
-            return [{"ts": r.ts.isoformat(), "instanceId": r.instance_id, "branch": r.branch,
-                     "block": r.block, "action": r.action, "why": r.why} for r in conn.execute(q)]
+            out = [{"ts": ts, "instanceId": iid, "branch": branch, "block": block, "action": action, "why": why}
+                   for iid, lines in conn.execute(q) for ts, branch, block, action, why in lines]
+            out.sort(key=lambda line: line["ts"])  # stable: lines of one run keep their order
+            return out
 
         return await self.store.read(load)
 

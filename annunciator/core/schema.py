@@ -101,16 +101,17 @@ pipeline_instances = sa.Table(
     sa.Column("end_reason", sa.Text),
 )
 
-traces = sa.Table(
-    "traces", metadata,
+# The trace: what the engine did, line by line (block entered, left, why). Lines are stored one
+# row per instance per commit ("run"), not one row per line: a single alarm's pass through a
+# pipeline writes five lines, and per-line rows were a third of all rows written.
+trace_runs = sa.Table(
+    "trace_runs", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("instance_id", ID, nullable=False, index=True),
     sa.Column("event_id", ID, nullable=False, index=True),
     sa.Column("ts", UTCDateTime, nullable=False),
-    sa.Column("branch", sa.Integer, nullable=False),
-    sa.Column("block", sa.String(200)),
-    sa.Column("action", sa.String(20), nullable=False),
-    sa.Column("why", sa.Text, nullable=False, default=""),
+    # [[iso time, branch, block, action, why], ...]
+    sa.Column("lines", sa.JSON, nullable=False),
 )
 
 notifications = sa.Table(

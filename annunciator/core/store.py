@@ -57,8 +57,8 @@ def create_engine(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (default: the newest)."""
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
@@ -66,7 +66,7 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
 
 
 class _Batch:
@@ -86,7 +86,7 @@ class _Batch:
 # a later update in the same batch folds into the insert instead of costing a second statement.
 _KEYED = {schema.alarm_events, schema.pipeline_instances, schema.notifications, schema.shelves}
 _ORDER = [schema.users, schema.alarm_events, schema.shelves, schema.pipeline_instances,
-          schema.notifications, schema.journal, schema.traces]
+          schema.notifications, schema.journal, schema.trace_runs]
 
 
 class Store:
@@ -104,6 +104,7 @@ class Store:
         self._checkpoint_task: asyncio.Future[None] | None = None
         self._writer_conn: Connection | None = None
         self._plans: dict[tuple[sa.Table, tuple[str, ...]], Any] = {}
+        self._before_flush: list[Callable[[], Any]] = []
         self.batches_written = 0
         self.rows_written = 0
 
@@ -170,16 +171,30 @@ class Store:
             return
         batch.updates.setdefault(table, {}).setdefault(key, {}).update(values)
 
+    def before_flush(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` on the loop just before each batch is taken for writing, so a caller
+        that buffers rows (the engine's trace) can queue them as late as possible."""
+        self._before_flush.append(callback)
+
+    def _run_before_flush(self) -> None:
+        for cb in self._before_flush:
+            cb()
+
     def after_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` on the event loop once everything queued so far is committed."""
         self._current().callbacks.append(callback)
 
     async def commit(self) -> None:
         """Wait until everything queued so far is durable."""
+        self._run_before_flush()
         batch = self._current()
         if not batch:
             return
         await asyncio.shield(batch.future)
+
+    def touch(self) -> None:
+        """Make sure a flush will run soon (for rows a before_flush callback will add)."""
+        self._current()
 
     def _current(self) -> _Batch:
         batch = self._batch
@@ -198,7 +213,10 @@ class Store:
         assert loop is not None
         delay = 0.5
         try:
-            while self._batch:
+            while True:
+                self._run_before_flush()
+                if not self._batch:
+                    break
                 batch, self._batch = self._batch, _Batch(loop)
                 while True:
                     try:
