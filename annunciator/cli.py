@@ -14,7 +14,7 @@ import click
 import httpx
 
 from .core.config import Config, load_config
-from .core.errors import ConfigError
+from .core.errors import AlreadyRunning, ConfigError
 from .core.plugins import PluginManager, default_manager
 
 EXIT_CONFIG = 2
@@ -75,6 +75,10 @@ def serve(cfg: Config, pm: PluginManager, extra_routes: list[Any] | None = None)
     # are still collected, just in larger steps.
     gc.set_threshold(50_000, 20, 100)
     gateway = Gateway(cfg, pm)
+    try:
+        gateway.store.lock()  # before serving anything: a second gateway must not even start
+    except AlreadyRunning as exc:
+        raise click.ClickException(str(exc))
     app = build_app(gateway)
     for route in extra_routes or []:
         app.router.routes.append(route)

@@ -88,3 +88,24 @@ def test_acknowledged_before_restart_stays_quiet(tmp_path, gateway_config, webho
         assert status == "ok"
     finally:
         proc.stop()
+
+
+def test_second_gateway_on_the_same_database_refuses_to_start(tmp_path, gateway_config):
+    import subprocess
+    import sys
+
+    proc = start_process(tmp_path, gateway_config, delayed_page("1h", "x"))
+    try:
+        second = tmp_path / "second.yaml"
+        gateway_config["gateway"]["http"]["port"] += 1  # a free port is not the point
+        write_config(second, gateway_config)
+        r = subprocess.run([sys.executable, "-m", "annunciator", "run", "-c", str(second)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1
+        assert "another gateway" in r.stderr and "is already using" in r.stderr
+        assert httpx.get(proc.url + "/api/health").json()["status"] == "ok"
+        proc.kill()  # however the first one dies, the database is free again
+        proc2 = GatewayProcess(second).start()
+        proc2.stop()
+    finally:
+        proc.stop()

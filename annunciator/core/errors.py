@@ -40,3 +40,7 @@ class Conflict(AnnunciatorError):
 
 class Invalid(AnnunciatorError):
     """The request is well-formed but not acceptable, e.g. missing required ack notes (HTTP 422)."""
+
+
+class AlreadyRunning(AnnunciatorError):
+    """Another gateway holds the database: a second one would send every notification twice."""

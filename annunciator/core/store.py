@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
 from . import schema
+from .errors import AlreadyRunning
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +107,7 @@ class Store:
         self._writer_conn: Connection | None = None
         self._plans: dict[tuple[sa.Table, tuple[str, ...]], Any] = {}
         self._before_flush: list[Callable[[], Any]] = []
+        self._lock: Any = None
         self.batches_written = 0
         self.rows_written = 0
 
@@ -112,7 +115,57 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def lock(self) -> None:
+        """Claim the database for this gateway, or raise AlreadyRunning.
+
+        Two gateways on one database would both recover and send the same pending
+        notifications: people would be paged twice. SQLite gets an exclusive lock on a file
+        beside the database; PostgreSQL a session advisory lock per schema, which the server
+        releases when this process dies, however it dies.
+        """
+        if self._lock is not None:
+            return
+        url = sa.engine.make_url(self.url)
+        if self.dialect == "sqlite":
+            if not url.database or url.database == ":memory:":
+                self._lock = True
+                return
+            import fcntl
+
+            path = Path(url.database + ".lock")
+            f = open(path, "a+")  # noqa: SIM115 - held open for the gateway's lifetime
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                owner = f.read().strip() or "?"
+                f.close()
+                raise AlreadyRunning(f"another gateway (pid {owner}) is already using {url.database}; "
+                                     "stop it first") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            self._lock = f
+        else:
+            conn = self.engine.connect()
+            schema = conn.exec_driver_sql("select current_schema()").scalar()
+            got = conn.exec_driver_sql(
+                "select pg_try_advisory_lock(hashtext(%(k)s))", {"k": f"annunciator:{schema}"}).scalar()
+            conn.commit()
+            if not got:
+                conn.close()
+                raise AlreadyRunning(f"another gateway is already using {url.render_as_string()} "
+                                     f"(schema {schema}); stop it first")
+            self._lock = conn
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None and lock is not True:
+            lock.close()
+
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.lock()
         self._loop = loop
         self._batch = _Batch(loop)
         migrate(self.engine)
@@ -150,6 +203,7 @@ class Store:
             self._writer.submit(self._writer_conn.close).result()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self._unlock()
         self.engine.dispose()
 
     # --- writing ---------------------------------------------------------------------------
