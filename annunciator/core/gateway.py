@@ -27,7 +27,7 @@ from .plugins import PluginManager
 from .profiles import NotificationProfile
 from .store import Store
 from .timers import Timers
-from .users import User, load_secret, set_pin
+from .users import User, load_secret, pin_matches, set_pin
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Gateway:
             else:
                 user.id = us.id or next_id
                 next_id = max(next_id, user.id) + 1
-            if us.pin is not None and (not user.pin_hash or not _pin_matches(self.secret, user, us.pin)):
+            if us.pin is not None and not pin_matches(user, self.secret, us.pin):
                 set_pin(user, self.secret, us.pin)
             values = {"username": username, "name": user.name, "language": user.language,
                       "contacts": user.contacts, "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
@@ -643,14 +643,6 @@ class Gateway:
 
 def _by(user: str | None) -> str:
     return f" by {user}" if user else ""
-
-
-def _pin_matches(secret: bytes, user: User, pin: str) -> bool:
-    import hmac
-
-    from .users import hash_pin
-
-    return bool(user.pin_salt) and hmac.compare_digest(hash_pin(secret, user.pin_salt or "", pin), user.pin_hash or "")
 
 
 def _event_row(e: AlarmEvent) -> dict[str, Any]:

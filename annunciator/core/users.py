@@ -75,6 +75,13 @@ def set_pin(user: User, secret: bytes, pin: str) -> None:
     user.locked_until = None
 
 
+def pin_matches(user: User, secret: bytes, pin: str) -> bool:
+    """Constant-time comparison against the stored keyed hash; no counters touched."""
+    if not user.pin_hash or not user.pin_salt:
+        return False
+    return hmac.compare_digest(hash_pin(secret, user.pin_salt, pin), user.pin_hash)
+
+
 class PinResult:
     OK = "ok"
     WRONG = "wrong"
@@ -90,7 +97,7 @@ def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None) 
         return PinResult.LOCKED
     if not user.pin_hash or not user.pin_salt:
         return PinResult.NO_PIN
-    if hmac.compare_digest(hash_pin(secret, user.pin_salt, pin), user.pin_hash):
+    if pin_matches(user, secret, pin):
         user.pin_failures = 0
         user.locked_until = None
         return PinResult.OK
