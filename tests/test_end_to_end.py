@@ -200,3 +200,27 @@ def test_database_outage_answers_503_and_loses_nothing(pipeline_gateway, webhook
     assert again.status_code == 200  # the retry finds the same event
     journal = gw.client.get("/api/journal", params={"source": "plant/x"}).json()["journal"]
     assert [j["action"] for j in journal] == ["active"]
+
+
+def test_ack_while_sending_keeps_the_delivered_record_and_stops_retries(pipeline_gateway, webhook_receiver):
+    # the receiver answers slowly: the notification is in flight when the alarm is acknowledged
+    webhook_receiver.delay = 0.6
+    gw = pipeline_gateway({"p": {"blocks": [
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "{name}"},
+        {"type": "delay", "delay": "1h"}]}})
+    event = raise_alarm(gw, "plant/slow", "p", name="Slow")
+    webhook_receiver.wait_for(1)
+    assert ack(gw, event["id"]).status_code == 200
+    time.sleep(1.0)
+    [n] = story(gw, event["id"])["notifications"]
+    assert n["status"] == "sent"  # it reached the person: the record must say so
+
+    webhook_receiver.status = 500  # now an in-flight attempt that fails is not retried
+    webhook_receiver.clear()
+    second = raise_alarm(gw, "plant/slow2", "p", name="Slow 2")
+    webhook_receiver.wait_for(1)
+    assert ack(gw, second["id"]).status_code == 200
+    time.sleep(1.5)
+    assert webhook_receiver.count == 1
+    [n] = story(gw, second["id"])["notifications"]
+    assert n["status"] == "cancelled" and "not retried: acknowledged by maria" in n["lastError"]

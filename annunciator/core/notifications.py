@@ -50,6 +50,8 @@ class Notification:
     provider_id: str | None = None
     created: datetime = field(default_factory=utcnow)
     sent_at: datetime | None = None
+    in_flight: bool = False  # handed to the provider: too late to withdraw, its result counts
+    withdrawn: str | None = None  # why its pipeline no longer wants it (no retry after this attempt)
 
     def __post_init__(self) -> None:
         if not self.idempotency_key:
@@ -118,7 +120,11 @@ class Dispatcher:
         count = 0
         for nid in list(self._by_instance.get(instance_id, ())):
             n = self._live.get(nid)
-            if n is not None and n.status == PENDING:
+            if n is None or n.status != PENDING:
+                continue
+            if n.in_flight:
+                n.withdrawn = why
+            else:
                 self._finish(n, CANCELLED, error=why)
                 count += 1
         return count
@@ -139,6 +145,9 @@ class Dispatcher:
                 self._finish(n, SENT)
                 return
             n.last_error = result.error
+            if n.withdrawn:
+                self._finish(n, CANCELLED, error=f"{result.error}; not retried: {n.withdrawn}")
+                return
             if not result.retryable or n.attempts >= self.retry.attempts:
                 log.warning("notification %s to %s via %s failed after %d attempt(s): %s",
                             n.id, n.user.username, n.profile, n.attempts, result.error)
@@ -158,11 +167,14 @@ class Dispatcher:
         async with self._limit:
             if n.status != PENDING:
                 return DeliveryResult.failed("cancelled", retryable=False)
+            n.in_flight = True
             try:
                 return await profile.send(n)
             except Exception as exc:  # a profile bug must not lose the notification silently
                 log.exception("profile %s raised while sending %s", n.profile, n.id)
                 return DeliveryResult.failed(f"{type(exc).__name__}: {exc}")
+            finally:
+                n.in_flight = False
 
     def _finish(self, n: Notification, status: str, error: str | None = None) -> None:
         n.status = status
