@@ -75,3 +75,33 @@ def test_upgrade_from_0001_keeps_trace_lines(annunciator_database_url):
     [[line_ts, branch, block, action, why]] = row.lines
     assert (branch, block, action, why) == (0, "delay-1", "wait", "delay 30s")
     assert line_ts.startswith(ts.date().isoformat())
+
+
+def test_commit_waits_for_a_batch_already_being_written(annunciator_database_url):
+    # commit() may start a loop iteration after the caller queued its rows (asyncio.wait_for runs
+    # it as a task); if the flush loop took those rows meanwhile, commit() must still wait for them.
+    import threading
+
+    async def main() -> tuple[bool, int]:
+        store = Store(annunciator_database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, store.open, loop)
+        hold = threading.Event()
+        store._writer.submit(hold.wait)  # keep the writer thread busy: the next write waits
+        now = utcnow()
+        store.insert(schema.shelves, {"source": "s", "expires_at": now, "user": None, "notes": None,
+                                      "created": now})
+        for _ in range(5):  # let the flush loop take the batch: it is now in flight
+            await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(store.commit())
+        await asyncio.sleep(0.2)
+        returned_early = waiting.done()
+        hold.set()
+        await waiting
+        count = await store.read(lambda c: c.execute(sa.select(sa.func.count()).select_from(schema.shelves)).scalar())
+        await store.close()
+        return returned_early, count
+
+    returned_early, count = asyncio.run(main())
+    assert not returned_early, "commit() returned while the caller's rows were still being written"
+    assert count == 1

@@ -108,6 +108,7 @@ class Store:
         self._plans: dict[tuple[sa.Table, tuple[str, ...]], Any] = {}
         self._before_flush: list[Callable[[], Any]] = []
         self._lock: Any = None
+        self._inflight: _Batch | None = None
         self.batches_written = 0
         self.rows_written = 0
 
@@ -239,12 +240,18 @@ class Store:
         self._current().callbacks.append(callback)
 
     async def commit(self) -> None:
-        """Wait until everything queued so far is durable."""
+        """Wait until everything queued so far is durable.
+
+        That includes a batch already taken for writing: a caller's rows may be in it (commit()
+        can start a loop iteration after they were queued, e.g. under asyncio.wait_for), and
+        returning early would let an API answer "stored" before they are.
+        """
         self._run_before_flush()
         batch = self._current()
-        if not batch:
+        target = batch if batch else self._inflight
+        if target is None:
             return
-        await asyncio.shield(batch.future)
+        await asyncio.shield(target.future)
 
     def touch(self) -> None:
         """Make sure a flush will run soon (for rows a before_flush callback will add)."""
@@ -272,6 +279,7 @@ class Store:
                 if not self._batch:
                     break
                 batch, self._batch = self._batch, _Batch(loop)
+                self._inflight = batch
                 while True:
                     try:
                         await loop.run_in_executor(self._writer, self._write, batch)
@@ -283,10 +291,11 @@ class Store:
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 10.0)
                     except Exception as exc:
-                        log.exception("database write failed; %d callers get the error", 1)
+                        log.exception("database write failed; every caller waiting on this batch gets the error")
                         batch.future.set_exception(exc)
                         batch.future.exception()  # mark retrieved: shielded waiters re-raise it
                         break
+                self._inflight = None
                 if not batch.future.done():
                     batch.future.set_result(None)
                     for cb in batch.callbacks:
