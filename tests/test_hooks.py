@@ -59,8 +59,14 @@ def test_plugin_hooks_see_and_shape_the_flow(pipeline_gateway, webhook_receiver)
         time.sleep(0.05)
     assert rec.statuses.count("sent") == 3
     assert httpx.get(gateway.url + "/plugin/hello").text == "2 open"
-    time.sleep(1.2)  # count tags refresh at most once a second
-    tags = {t["path"]: t["value"] for t in gateway.client.get("/api/tags").json()["tags"]}
+    def tags():
+        return {t["path"]: t["value"] for t in gateway.client.get("/api/tags").json()["tags"]}
+
+    deadline = time.monotonic() + 5  # count tags refresh at most once a second
+    while (tags()["System/Gateway/Alarms/ActiveAcked"], tags()["System/Gateway/Notifications/Sent"]) != (1, 3) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tags = tags()
     assert tags["Plugin/Ready"] is True
     assert tags["System/Gateway/Alarms/ActiveUnacked"] == 1
     assert tags["System/Gateway/Alarms/ActiveAcked"] == 1

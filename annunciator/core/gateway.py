@@ -231,7 +231,7 @@ class Gateway:
                              attempts=row["attempts"], created=row["created"])
             log.info("resending notification %s to %s (pending at shutdown)", n.id, user.username)
             self.dispatcher.submit_committed(n)
-        self._update_alarm_tags()
+        self.refresh_tags_soon()
 
     # --- tags -----------------------------------------------------------------------------
 
@@ -242,7 +242,7 @@ class Gateway:
             self.tags.define(f"System/Gateway/Notifications/{name}", "Int8", 0)
         self.tags.define("System/Gateway/Pipelines/Running", "Int4", 0)
 
-    def _update_alarm_tags(self) -> None:
+    def refresh_tags_soon(self) -> None:
         """Refresh the count tags soon: counting walks every open event, so during a flood the
         refreshes are coalesced to one per second rather than one per API call."""
         if self._tags_pending:
@@ -312,7 +312,7 @@ class Gateway:
             out.append((event, True))
         for event, pipeline in entering:
             await self.engine.enter(event, pipeline, "event active")
-        self._update_alarm_tags()
+        self.refresh_tags_soon()
         return out
 
     def _new_event(self, spec: AlarmSpec) -> AlarmEvent:
@@ -373,7 +373,7 @@ class Gateway:
             if "cleared" in event.pipelines:
                 await self.engine.enter(event, event.pipelines["cleared"], "event cleared")
             self.forget_if_done(event)
-        self._update_alarm_tags()
+        self.refresh_tags_soon()
         return events
 
     async def clear_sources(self, sources: list[str], user: str | None = None, notes: str = "") -> list[AlarmEvent]:
@@ -398,7 +398,7 @@ class Gateway:
             await self._ack(event, user, notes)
             self._save_event(event)
             self.forget_if_done(event)
-        self._update_alarm_tags()
+        self.refresh_tags_soon()
         return events
 
     async def _ack(self, event: AlarmEvent, user: str, notes: str) -> None:
@@ -428,7 +428,7 @@ class Gateway:
                 self.hook.annunciator_alarm_event(gateway=self, event=event, transition="shelved")
                 await self.engine.on_transition(event, "shelved", f"shelved{_by(user)}")
                 self._save_event(event)
-        self._update_alarm_tags()
+        self.refresh_tags_soon()
         return expires
 
     async def unshelve(self, sources: list[str], user: str | None = None, why: str = "unshelved") -> None:
@@ -448,7 +448,7 @@ class Gateway:
                 # Still active and unacknowledged once the shelf is gone: it must reach people.
                 if event.active and not event.acknowledged and "active" in event.pipelines:
                     await self.engine.enter(event, event.pipelines["active"], f"{why}; still active")
-        self._update_alarm_tags()
+        self.refresh_tags_soon()
 
     async def _shelf_expired(self, source: str) -> None:
         shelf = self.shelves.get(source)

@@ -194,6 +194,7 @@ class Dispatcher:
             "status": status, "attempts": n.attempts, "last_error": n.last_error,
             "provider_id": n.provider_id, "sent_at": n.sent_at, "updated": utcnow()})
         self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n, status=status)
+        self.gateway.refresh_tags_soon()
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Give in-flight sends a moment to finish at shutdown."""
