@@ -122,12 +122,38 @@ class GatewaySettings(StrictModel):
 Contacts = dict[str, list[str]]
 
 
+CHANNEL_POLICIES = ("first-available", "fallback", "all")
+
+
+class ChannelSettings(StrictModel):
+    """A person's channel policy: which profiles, in which order, and how they are used.
+
+    ``first-available``: the first profile for which the person has contact info;
+    ``fallback``: that one, and the next when a send fails or is reported undelivered;
+    ``all``: every profile at once.
+    """
+
+    policy: str | None = None
+    order: list[str] = []
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str | None) -> str | None:
+        if v is not None and v not in CHANNEL_POLICIES:
+            raise ValueError(f"unknown channel policy {v!r}; expected one of: {', '.join(CHANNEL_POLICIES)}")
+        return v
+
+
 class UserSettings(StrictModel):
     name: str = ""
     id: int | None = Field(None, ge=1)
     pin: str | None = None
     language: str = "en-US"
     contacts: dict[str, list[str] | str] = {}
+    # name of a schedule (see core.schedules); None: always on call
+    schedule: str | None = None
+    # how this person is reached when a block names several profiles (see ChannelSettings)
+    channels: ChannelSettings | None = None
 
     @field_validator("pin")
     @classmethod
@@ -189,6 +215,8 @@ class PipelineSettings(StrictModel):
     description: str = ""
     dropout: list[str] = ["acknowledged", "cleared", "shelved"]
     blocks: list[dict[str, Any]] = []
+    # notified when a Notification block's roster has nobody on call
+    fallback_roster: str | None = None
 
     @field_validator("dropout")
     @classmethod
@@ -207,7 +235,10 @@ class FileSettings(StrictModel):
     gateway: GatewaySettings = GatewaySettings()
     profiles: dict[str, dict[str, Any]] = {}
     users: dict[str, UserSettings] = {}
+    schedules: dict[str, Any] = {}
+    holidays: dict[str, Any] = {}
     rosters: dict[str, list[str] | RosterSettings] = {}
+    overrides: list[Any] = []
     alarms: list[AlarmDefinition] = []
     pipelines: dict[str, PipelineSettings] = {}
 

@@ -134,4 +134,45 @@ notifications = sa.Table(
     sa.Column("created", UTCDateTime, nullable=False),
     sa.Column("updated", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
+    # consolidation: a "held" notification collects events under batch_key until due_at
+    sa.Column("batch_key", sa.String(600), index=True),
+    sa.Column("due_at", UTCDateTime),
+    # channel fallback: chain_id is the first notification of the chain, chain the profiles left
+    sa.Column("chain_id", ID, index=True),
+    sa.Column("chain", sa.JSON),
+    # [{"at": iso, "ok": bool, "error": str|None, "providerId": str|None, "status": str}, ...]
+    sa.Column("attempt_log", sa.JSON),
+    sa.Column("delivery_status", sa.String(40)),
+)
+
+# Temporary on-call overrides made at run time ("maria covers for li until Monday 08:00");
+# overrides written in the config file are not stored here.
+oncall_overrides = sa.Table(
+    "oncall_overrides", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("roster", sa.String(200)),  # None: every roster the covered user is in
+    sa.Column("username", sa.String(200), nullable=False),  # who is on call
+    sa.Column("covers", sa.String(200)),  # whom they replace; None: added to the roster
+    sa.Column("starts", UTCDateTime, nullable=False),
+    sa.Column("ends", UTCDateTime, nullable=False, index=True),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(200)),
+    sa.Column("notes", sa.Text),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+)
+
+# The audit log: one row per thing that happened to a person's notification or reply, with an
+# event code (NotificationSent, NotificationFailed, SMSReply, ReplyWithPIN, ...).
+audit = sa.Table(
+    "audit", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", UTCDateTime, nullable=False, index=True),
+    sa.Column("code", sa.String(60), nullable=False, index=True),
+    sa.Column("username", sa.String(200), index=True),
+    sa.Column("channel", sa.String(200)),
+    sa.Column("contact", sa.String(500)),
+    sa.Column("text", sa.Text),
+    sa.Column("event_ids", sa.JSON),
+    sa.Column("notification_id", ID, index=True),
+    sa.Column("details", sa.JSON),
 )
