@@ -15,15 +15,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import phonenumbers
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
 )
@@ -125,6 +128,15 @@ Contacts = dict[str, list[str]]
 CHANNEL_POLICIES = ("first-available", "fallback", "all")
 
 
+def _channel_policy(v: str | None) -> str | None:
+    if v is not None and v not in CHANNEL_POLICIES:
+        raise ValueError(f"unknown channel policy {v!r}; expected one of: {', '.join(CHANNEL_POLICIES)}")
+    return v
+
+
+ChannelPolicy = Annotated[str | None, AfterValidator(_channel_policy)]
+
+
 class ChannelSettings(StrictModel):
     """A person's channel policy: which profiles, in which order, and how they are used.
 
@@ -133,15 +145,8 @@ class ChannelSettings(StrictModel):
     ``all``: every profile at once.
     """
 
-    policy: str | None = None
+    policy: ChannelPolicy = None
     order: list[str] = []
-
-    @field_validator("policy")
-    @classmethod
-    def _policy(cls, v: str | None) -> str | None:
-        if v is not None and v not in CHANNEL_POLICIES:
-            raise ValueError(f"unknown channel policy {v!r}; expected one of: {', '.join(CHANNEL_POLICIES)}")
-        return v
 
 
 class UserSettings(StrictModel):
@@ -179,8 +184,28 @@ class UserSettings(StrictModel):
 
 
 class RosterSettings(StrictModel):
+    """A roster (see core.oncall and docs/oncall.md): members, or an ``expression`` naming them;
+    ``rotation`` is checked by core.oncall.RotationSettings."""
+
     users: list[str] = []
     description: str = ""
+    order: Literal["parallel", "sequential"] = "parallel"
+    # sequential: how long each person has to acknowledge before the next one is notified
+    ack_wait: Duration | None = None
+    rotation: dict[str, Any] | None = None
+    expression: str | None = None
+
+
+def _roster_kind(value: Any) -> str:
+    return "RosterSettings" if isinstance(value, Mapping | RosterSettings) else "list[str]"
+
+
+# A plain list of usernames, or a mapping. The discriminator checks a mapping only as a mapping:
+# without it pydantic also reports "input should be a valid list" for every mistake in one.
+RosterField = Annotated[
+    Annotated[list[str], Tag("list[str]")] | Annotated[RosterSettings, Tag("RosterSettings")],
+    Discriminator(_roster_kind),
+]
 
 
 class AlarmDefinition(StrictModel):
@@ -237,7 +262,7 @@ class FileSettings(StrictModel):
     users: dict[str, UserSettings] = {}
     schedules: dict[str, Any] = {}
     holidays: dict[str, Any] = {}
-    rosters: dict[str, list[str] | RosterSettings] = {}
+    rosters: dict[str, RosterField] = {}
     overrides: list[Any] = []
     alarms: list[AlarmDefinition] = []
     pipelines: dict[str, PipelineSettings] = {}
@@ -249,8 +274,12 @@ class Config:
 
     path: Path | None
     settings: FileSettings
+    # parts the gateway runs without but `annunciator check` refuses (an expired override)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
     profiles: dict[str, BaseModel] = field(default_factory=dict)
     pipelines: dict[str, Any] = field(default_factory=dict)
+    # schedules, holidays, rosters and config overrides, built by core.oncall.check_oncall
+    oncall: Any = None
 
     @property
     def gateway(self) -> GatewaySettings:
@@ -425,6 +454,9 @@ def load_config(
 
     problems += _check_profiles(config, profile_types)
     problems += _check_references(config)
+    from .oncall import check_oncall  # here: oncall imports this module
+
+    problems += check_oncall(config)
     # pipelines are checked even when other sections have problems: report everything at once
     from .pipeline import build_pipelines
 
