@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,14 @@ def serve(cfg: Config, pm: PluginManager, extra_routes: list[Any] | None = None)
 @main.command()
 @click.argument("config", required=False)
 def check(config: str | None) -> None:
-    """Validate a config file; exit 2 naming the file, key path and what was expected."""
+    """Validate a config file; exit 2 naming the file, key path and what was expected; exit 1
+    when it has stale parts the gateway would skip (an override that has expired)."""
     cfg, _ = _load(config)
     s = cfg.settings
+    if cfg.warnings:
+        for where, message in cfg.warnings:
+            click.echo(f"{cfg.path}:{where}: {message}", err=True)
+        raise SystemExit(1)
     click.echo(f"{cfg.path}: OK: {len(s.pipelines)} pipeline(s), {len(s.profiles)} profile(s), "
                f"{len(s.users)} user(s), {len(s.rosters)} roster(s)")
     if not cfg.gateway.api_tokens:
@@ -134,6 +140,10 @@ def plugins() -> None:
 
 # --- talking to a running gateway ------------------------------------------------------------
 
+class Unreachable(click.ClickException):
+    """No gateway answered (not an error answer from one)."""
+
+
 class Api:
     def __init__(self, url: str, token: str | None):
         self.url = url.rstrip("/")
@@ -144,7 +154,7 @@ class Api:
         try:
             r = httpx.request(method, self.url + path, json=body, params=params, headers=headers, timeout=30)
         except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach the gateway at {self.url}: {exc}")
+            raise Unreachable(f"cannot reach the gateway at {self.url}: {exc}")
         data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
         if r.status_code >= 400:
             raise click.ClickException(f"{r.status_code}: {data.get('error', r.text)}")
@@ -160,16 +170,21 @@ def _api_options(fn: Any) -> Any:
     @click.option("--token", envvar="ANNUNCIATOR_TOKEN", help="API token (default: the config's first)")
     @functools.wraps(fn)
     def wrapper(config: str | None, url: str | None, token: str | None, **kwargs: Any) -> Any:
-        if url is None or token is None:
-            path = _config_path(config)
-            if path.exists():
-                cfg, _ = _load(str(path))
-                http = cfg.gateway.http
-                url = url or f"http://{http.host}:{http.port}"
-                token = token or (cfg.gateway.api_tokens[0] if cfg.gateway.api_tokens else None)
-        return fn(Api(url or "http://127.0.0.1:8088", token), **kwargs)
+        return fn(_api(config, url, token), **kwargs)
 
     return wrapper
+
+
+def _api(config: str | None, url: str | None, token: str | None) -> Api:
+    """The gateway's API: URL and token as given, else from the config file."""
+    if url is None or token is None:
+        path = _config_path(config)
+        if path.exists():
+            cfg, _ = _load(str(path))
+            http = cfg.gateway.http
+            url = url or f"http://{http.host}:{http.port}"
+            token = token or (cfg.gateway.api_tokens[0] if cfg.gateway.api_tokens else None)
+    return Api(url or "http://127.0.0.1:8088", token)
 
 
 @main.group()
@@ -235,7 +250,7 @@ def alarm_clear(api: Api, sources: tuple[str, ...], user: str | None) -> None:
 @_api_options
 def alarm_ack(api: Api, event_ids: tuple[str, ...], user: str, notes: str) -> None:
     """Acknowledge events by id: their pipelines stop at once."""
-    body = {"eventIds": list(event_ids), "user": user, "notes": notes}
+    body = {"eventIds": list(event_ids), "user": user, "notes": notes, "via": "cli"}
     _print_events(api.call("POST", "/api/alarms/acknowledge", body)["events"])
 
 
@@ -282,8 +297,66 @@ def alarm_trace(api: Api, event_id: str, as_json: bool) -> None:
                    f"  {t['action']:<13} {t['why']}")
     click.echo("notifications:")
     for n in story["notifications"]:
-        click.echo(f"  {n['created']}  {n['user']} via {n['profile']}: {n['status']}"
-                   f" (attempts {n['attempts']}){' ' + n['lastError'] if n['lastError'] else ''}")
+        alarms = f", {n['alarms']} alarms" if n["alarms"] > 1 else ""
+        delivery = f", provider says {n['deliveryStatus']}" if n["deliveryStatus"] else ""
+        click.echo(f"  {n['created']}  {n['user']} via {n['profile']}"
+                   f"{' (' + n['contact'] + ')' if n['contact'] else ''}: {n['status']}{delivery}"
+                   f" (attempts {n['attempts']}{alarms}){' ' + n['lastError'] if n['lastError'] else ''}")
+        for a in n["attemptLog"]:
+            what = "ok" if a.get("ok") else a.get("status") or f"failed: {a.get('error')}"
+            retry = f"; retry in {a['retryIn']}s" if a.get("retryIn") is not None else ""
+            click.echo(f"      {a['at']}  {what}{retry}")
+    for h in story["held"]:
+        click.echo(f"  held for {h['user']} until {h['until']}: {h['why']} ({h['alarms']} alarms)")
+    click.echo("audit:")
+    _print_audit(story["audit"])
+
+
+def _print_audit(entries: list[dict[str, Any]]) -> None:
+    for a in entries:
+        who = " ".join(x for x in (a["user"], a["channel"], a["contact"]) if x)
+        click.echo(f"  {a['ts']}  {a['code']:<24} {who}  {a['text'] or ''}")
+
+
+@main.command()
+@click.option("--user", help="only this person")
+@click.option("--code", help="only this event code, e.g. NotificationFailed, SMSReply")
+@click.option("--event", "event_id", help="only entries about this alarm event")
+@click.option("--since", help="ISO time, e.g. 2026-11-23T08:00:00Z")
+@click.option("--until", help="ISO time")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_api_options
+def audit(api: Api, user: str | None, code: str | None, event_id: str | None, since: str | None,
+          until: str | None, limit: int, as_json: bool) -> None:
+    """The audit log: notifications sent, delivered, failed, acknowledgements, replies."""
+    params = {k: v for k, v in {"user": user, "code": code, "eventId": event_id, "since": since,
+                                "until": until, "limit": limit}.items() if v is not None}
+    entries = api.call("GET", "/api/audit", params=params)["audit"]
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+    elif not entries:
+        click.echo("no audit entries match")
+    else:
+        _print_audit(entries)
+
+
+@main.command()
+@_api_options
+def status(api: Api) -> None:
+    """Running pipeline instances and notifications held back (consolidating or throttled)."""
+    live = api.call("GET", "/api/instances")["instances"]
+    held = api.call("GET", "/api/held")["held"]
+    click.echo(f"running pipeline instances: {len(live)}")
+    for i in live:
+        for b in i["branches"]:
+            wake = f", wakes {b['wakeAt']}" if b["wakeAt"] else ""
+            click.echo(f"  {i['pipeline']}/{b['block']}  {i['source']}  {b['timeInBlock']:.0f}s in block{wake}"
+                       f"  {b['why']}")
+    click.echo(f"held notifications: {len(held)}")
+    for h in held:
+        click.echo(f"  {h['pipeline']}/{h['block']}  {h['user']}: {h['alarms']} alarm(s), until {h['until']}"
+                   f"  {h['why']}")
 
 
 @main.command()
@@ -333,3 +406,148 @@ def user_unlock(api: Api, username: str) -> None:
     """Clear a lockout after too many wrong PINs."""
     api.call("POST", f"/api/users/{username}/unlock", {})
     click.echo(f"{username} unlocked")
+
+
+# --- on call ---------------------------------------------------------------------------------
+
+def _local_zone(tz: str | None) -> Any:
+    """The zone a person typed times in: --tz, else this machine's."""
+    from .core.schedules import zone
+
+    if tz is None:
+        return datetime.now().astimezone().tzinfo
+    try:
+        return zone(tz)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tz")
+
+
+def _when(value: str, tz: Any, hint: str) -> datetime:
+    from .core.oncall import parse_when
+
+    if value.strip().lower() == "now":
+        return datetime.now(UTC)
+    try:
+        return parse_when(value, tz)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint)
+
+
+def _print_resolutions(at: datetime, tz: Any, resolutions: list[dict[str, Any]]) -> None:
+    from .core.oncall import format_local, format_seconds
+
+    click.echo(f"on call at {format_local(at, tz)} ({at.astimezone(UTC).isoformat()}):")
+    for r in resolutions:
+        how = r["order"] + (f", {format_seconds(r['ackWait'])} each to acknowledge" if r.get("ackWait") else "")
+        click.echo(f"{r['roster']} ({how}): {', '.join(r['users']) or 'nobody'}")
+        for line in r["why"]:
+            click.echo(f"    {line}")
+
+
+@main.command()
+@click.argument("when", default="now")
+@click.option("--tz", help="time zone of WHEN (if it has no offset) and of the times shown; default: this machine's")
+@click.option("--roster", help="only this roster")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--offline", is_flag=True, help="compute from the config file without asking the gateway")
+@click.option("-c", "--config", help="config file: the gateway's URL and token, and the rota when offline")
+@click.option("--url", envvar="ANNUNCIATOR_URL", help="gateway URL (default from the config)")
+@click.option("--token", envvar="ANNUNCIATOR_TOKEN", help="API token (default: the config's first)")
+def oncall(when: str, tz: str | None, roster: str | None, as_json: bool, offline: bool, config: str | None,
+           url: str | None, token: str | None) -> None:
+    """Who is on call NOW or at WHEN ("2026-12-24 23:00", ISO 8601), in each roster, and why.
+
+    Asks the running gateway, which knows the overrides added at runtime. When no gateway
+    answers, computes from the config file alone, so a rota can be checked before starting.
+    """
+    zone = _local_zone(tz)
+    at = _when(when, zone, "WHEN")
+    data: dict[str, Any] | None = None
+    if not offline:
+        params = {"at": at.isoformat(), **({"roster": roster} if roster else {})}
+        try:
+            data = _api(config, url, token).call("GET", "/api/oncall", params=params)
+        except Unreachable as exc:
+            if config is None and not _config_path(None).exists():
+                raise
+            click.echo(f"{exc.message}\ncomputed from {_config_path(config)} alone: "
+                       "overrides added at runtime are not included", err=True)
+    if data is None:
+        from .core.errors import NotFound
+        from .core.oncall import OnCall
+
+        cfg, _ = _load(config)
+        oc = OnCall(cfg)
+        try:
+            resolutions = [oc.resolve(roster, at)] if roster else oc.who(at)
+        except NotFound as exc:
+            raise click.ClickException(str(exc))
+        data = {"at": at.isoformat(), "rosters": [r.to_dict() for r in resolutions], "offline": True}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_resolutions(at, zone, data["rosters"])
+
+
+@main.group()
+def override() -> None:
+    """On-call overrides on a running gateway: "maria covers for li until Monday 08:00"."""
+
+
+@override.command("add")
+@click.option("--user", required=True, help="who is on call")
+@click.option("--covers", help="whom they replace (in --roster, or in every roster of theirs)")
+@click.option("--roster", help="the roster; without --covers the user is added to it")
+@click.option("--from", "starts", help="start (default: now)")
+@click.option("--until", required=True, help='end, e.g. "2026-11-30 08:00"')
+@click.option("--tz", help="time zone of times without an offset; default: this machine's")
+@click.option("--notes", default="")
+@click.option("--by", "created_by", default=lambda: os.environ.get("USER"), help="who makes the change")
+@_api_options
+def override_add(api: Api, user: str, covers: str | None, roster: str | None, starts: str | None, until: str,
+                 tz: str | None, notes: str, created_by: str | None) -> None:
+    """Put USER on call in someone's place, or in a roster, for a while."""
+    zone = _local_zone(tz)
+    body: dict[str, Any] = {"user": user, "covers": covers, "roster": roster, "notes": notes,
+                            "until": _when(until, zone, "--until").isoformat(), "createdBy": created_by}
+    if starts:
+        body["from"] = _when(starts, zone, "--from").isoformat()
+    _print_overrides([api.call("POST", "/api/overrides", body)], zone)
+
+
+@override.command("list")
+@click.option("--tz", help="time zone of the times shown; default: this machine's")
+@click.option("--json", "as_json", is_flag=True)
+@_api_options
+def override_list(api: Api, tz: str | None, as_json: bool) -> None:
+    """Overrides that have not ended, from the config file and added at runtime."""
+    items = api.call("GET", "/api/overrides")["overrides"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+    elif not items:
+        click.echo("no overrides")
+    else:
+        _print_overrides(items, _local_zone(tz))
+
+
+@override.command("remove")
+@click.argument("override_id")
+@_api_options
+def override_remove(api: Api, override_id: str) -> None:
+    """End an override added at runtime, at once (the record is kept)."""
+    o = api.call("DELETE", f"/api/overrides/{override_id}")
+    click.echo(f"removed override {o['id']}")
+
+
+def _print_overrides(items: list[dict[str, Any]], tz: Any) -> None:
+    from .core.oncall import ALWAYS, format_local
+
+    for o in items:
+        what = f"covers for {o['covers']}" + (f" in {o['roster']}" if o["roster"] else "") if o["covers"] \
+            else f"added to {o['roster']}"
+        starts = datetime.fromisoformat(o["from"])
+        since = "" if starts <= ALWAYS else f" from {format_local(starts, tz)}"
+        by = f", by {o['createdBy']}" if o.get("createdBy") else ""
+        notes = f"  {o['notes']}" if o.get("notes") else ""
+        click.echo(f"{o['id']}  {o['user']} {what}{since} until {format_local(datetime.fromisoformat(o['until']), tz)}"
+                   f"  [{o['source']}{by}]{notes}")

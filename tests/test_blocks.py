@@ -81,7 +81,7 @@ def test_notification_through_two_profiles_sends_twice(gateway_config, pipeline_
     # two notifications, two different idempotency keys
     assert len({q.headers["idempotency-key"] for q in reqs}) == 2
     notes = traced(gw, event["id"], "notify")
-    assert sorted(t["why"].split(" [")[0] for t in notes) == ["li via hook", "li via second"]
+    assert sorted(t["why"].split(" (")[0] for t in notes) == ["li via hook", "li via second"]
 
 
 def test_empty_roster_is_a_visible_failure(gateway_config, pipeline_gateway, webhook_receiver):
@@ -92,8 +92,13 @@ def test_empty_roster_is_a_visible_failure(gateway_config, pipeline_gateway, web
     [req] = webhook_receiver.wait_for(1)
     assert req.json["message"] == "fallback"
     [failed] = traced(gw, event["id"], "notify-failed")
-    assert failed["why"] == "roster nobody has nobody to notify"
+    assert failed["why"] == "nobody on call in roster nobody and no fallback roster"
     assert failed["block"] == "notification-1"
+    # journaled and audited, not only traced
+    told = story(gw, event["id"])
+    assert [j["notes"] for j in told["journal"] if j["action"] == "notify-failed"] == [
+        "nobody on call in roster nobody"]
+    assert [a["code"] for a in told["audit"]].count("NobodyOnCall") == 1
 
 
 class _RelaySettings(StrictModel):
@@ -135,7 +140,7 @@ def test_user_without_usable_contact_is_a_visible_failure(gateway_config, start_
                                                 "user": req.json["user"]}
     assert req.json["user"]["username"] == "maria"
     [failed] = traced(gw, event["id"], "notify-failed")
-    assert failed["why"] == "sam has no sms contact for profile sms"
+    assert failed["why"] == "sam cannot be reached: no sms contact for profile sms"
     [ok] = traced(gw, event["id"], "notify")
     assert ok["why"].startswith("maria via sms (+15550100001)")
 

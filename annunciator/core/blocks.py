@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, model_validator
 
 from .alarms import AckMode
-from .config import Config, Duration, StrictModel
+from .config import ChannelPolicy, Config, Duration, StrictModel
+from .consolidation import ConsolidationSettings
 from .expressions import ExpressionError, check_expression, compile_expression
 from .hookspecs import hookimpl
 from .pipeline import END, Block, BlockContext, BlockSettings, Fork, Jump, Next, Stop, Wait
@@ -15,6 +16,7 @@ from .pipeline import END, Block, BlockContext, BlockSettings, Fork, Jump, Next,
 ExpressionText = Annotated[str, AfterValidator(check_expression)]
 
 DEFAULT_MESSAGE = "{priority} alarm {displayPath}: {name} ({state}, value {eventValue})"
+DEFAULT_ACK_WAIT = 300.0  # a sequential roster without ack_wait: five minutes per person
 
 
 def _check_notify(config: Config | None, profiles: list[str], roster: str | None,
@@ -37,6 +39,8 @@ class _NotifySettings(BlockSettings):
     profile: str | None = None
     profiles: list[str] = []
     message: str = DEFAULT_MESSAGE
+    # how the profiles reach each person (core.channels); None: the person's own policy, else all
+    policy: ChannelPolicy = None
 
     @model_validator(mode="after")
     def _one_profile(self) -> _NotifySettings:
@@ -48,21 +52,57 @@ class _NotifySettings(BlockSettings):
 
 
 class NotificationBlock(Block):
-    """Send the event to every on-call user of a roster through one or more profiles."""
+    """Send the event to the on-call people of a roster through one or more profiles.
+
+    A parallel roster is notified at once and flow goes on. A sequential roster is notified one
+    person at a time: the block waits the roster's ``ack_wait`` for an acknowledgement before the
+    next person, and goes on once someone acknowledges or everyone has been tried. With
+    ``consolidation``, alarms for one person are collected and sent as one message (see
+    core.consolidation); flow goes on at once.
+    """
 
     type_name = "notification"
     description = "notify a roster through one or more profiles, then go on"
 
     class Settings(_NotifySettings):
         roster: str
+        consolidation: ConsolidationSettings | None = None
 
-    def enter(self, ctx: BlockContext) -> Next:
+    def enter(self, ctx: BlockContext) -> Next | Wait:
         s = self.settings
-        count = ctx.notify(s.profiles, s.roster, s.message)
-        return Next(why=f"{count} notification(s) queued to roster {s.roster}")
+        team = ctx.on_call(s.roster)
+        if team.order == "sequential" and len(team.users) > 1 and not s.consolidation:
+            wait = DEFAULT_ACK_WAIT if team.ack_wait is None else team.ack_wait
+            return self._next_person(ctx, [u.username for u in team.users], 0, wait)
+        count = ctx.send(s.profiles, team.users, s.message, policy=s.policy, consolidation=s.consolidation)
+        verb = "held for consolidation" if s.consolidation and s.consolidation.active else "queued"
+        return Next(why=f"{count} notification(s) {verb} to roster {team.roster}")
+
+    def _next_person(self, ctx: BlockContext, people: list[str], i: int, wait: float) -> Wait:
+        user = ctx.gateway.users[people[i]]
+        count = ctx.send(self.settings.profiles, [user], self.settings.message, policy=self.settings.policy)
+        return Wait(wait, state={"people": people, "i": i, "wait": wait}, until_ack=True,
+                    why=f"sequential: {people[i]} ({i + 1} of {len(people)}), {count} notification(s); "
+                        f"waiting {wait:g}s for an acknowledgement")
+
+    def resume(self, ctx: BlockContext, state: dict[str, Any], reason: str) -> Wait | Next:
+        if ctx.event.acknowledged:
+            return Next(why=f"acknowledged by {ctx.event.ack_user or 'someone'}")
+        people, i = state["people"], state["i"] + 1
+        while i < len(people) and people[i] not in ctx.gateway.users:
+            i += 1  # removed from the config since: skip, don't stall
+        if i >= len(people):
+            return Next(why=f"sequential: all {len(people)} people notified, nobody acknowledged")
+        return self._next_person(ctx, people, i, state["wait"])
 
     def check(self, config: Config | None) -> list[tuple[str, str]]:
-        return _check_notify(config, self.settings.profiles, self.settings.roster)
+        problems = _check_notify(config, self.settings.profiles, self.settings.roster)
+        roster = config.settings.rosters.get(self.settings.roster) if config is not None else None
+        cons = self.settings.consolidation
+        if cons is not None and cons.active and getattr(roster, "order", None) == "sequential":
+            problems.append(("consolidation", f"roster {self.settings.roster} is sequential (one person at a "
+                                              "time): consolidation cannot be used with it"))
+        return problems
 
 
 class DelayBlock(Block):
@@ -218,7 +258,8 @@ class EscalateBlock(Block):
 
     def _notify(self, ctx: BlockContext, tier: int, round_: int) -> Wait:
         t = self.settings.tiers[tier]
-        count = ctx.notify(t.profiles or self.settings.profiles, t.roster, self.settings.message)
+        count = ctx.notify(t.profiles or self.settings.profiles, t.roster, self.settings.message,
+                           policy=self.settings.policy)
         return Wait(t.wait, state={"tier": tier, "round": round_}, until_ack=True,
                     why=f"tier {tier + 1} ({t.roster}, round {round_ + 1}): {count} notification(s); "
                         f"waiting {t.wait:g}s for an acknowledgement")

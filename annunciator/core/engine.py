@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .alarms import AlarmEvent, new_id, utcnow
+from .delivery import OnCallUsers, Origin
 from .expressions import Expression
 from .pipeline import Fork, Jump, Next, Pipeline, Stop, Wait
 
 if TYPE_CHECKING:
     from .gateway import Gateway
+    from .users import User
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,20 @@ class _Context:
     def evaluate(self, expression: Expression) -> Any:
         return expression(self.values())
 
-    def notify(self, profiles: list[str], roster: str, message: str) -> int:
-        return self.engine.gateway.notify(self, profiles, roster, message)
+    def origin(self) -> Origin:
+        inst = self.instance
+        return Origin(inst.id, inst.event.id, inst.pipeline.name, self.block.name, self.trace)
+
+    def on_call(self, roster: str) -> OnCallUsers:
+        return self.engine.gateway.delivery.on_call(self.origin(), self.event, roster,
+                                                    self.instance.pipeline.fallback_roster, self.values())
+
+    def send(self, profiles: list[str], users: list[User], message: str, **options: Any) -> int:
+        options.setdefault("values", self.values())
+        return self.engine.gateway.delivery.send(self.origin(), self.event, users, profiles, message, **options)
+
+    def notify(self, profiles: list[str], roster: str, message: str, **options: Any) -> int:
+        return self.send(profiles, self.on_call(roster).users, message, **options)
 
     def trace(self, action: str, why: str) -> None:
         self.engine.trace(self.instance, self.branch, action, why)
@@ -334,11 +348,17 @@ class Engine:
 
     def trace(self, inst: Instance, branch: Branch | None, action: str, why: str) -> None:
         block = inst.pipeline.blocks[branch.block].name if branch is not None else None
-        lines = self._trace_buffer.get(inst.id)
+        self.trace_line(inst.id, inst.event.id, block, action, why, branch.id if branch is not None else -1)
+
+    def trace_line(self, instance_id: str, event_id: str, block: str | None, action: str, why: str,
+                   branch: int = -1) -> None:
+        """Add a line to an instance's trace, also after the instance ended (a late delivery
+        failure, a channel fallback, a consolidated send)."""
+        lines = self._trace_buffer.get(instance_id)
         if lines is None:
-            lines = self._trace_buffer[inst.id] = (inst.event.id, [])
+            lines = self._trace_buffer[instance_id] = (event_id, [])
             self.gateway.store.touch()
-        lines[1].append([utcnow().isoformat(), branch.id if branch is not None else -1, block, action, why])
+        lines[1].append([utcnow().isoformat(), branch, block, action, why])
 
     def _flush_traces(self) -> None:
         """Queue buffered trace lines as one row per instance (called by the store before it

@@ -8,7 +8,7 @@ import fnmatch
 import inspect
 import logging
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,10 +18,14 @@ from pydantic.alias_generators import to_camel
 from ..tags.provider import TagProvider
 from . import schema
 from .alarms import AckMode, AlarmEvent, Priority, Transition, render_message, utcnow
-from .config import Config, check_pipeline_keys
+from .audit import AuditLog, Code
+from .channels import Link
+from .config import ChannelSettings, Config, check_pipeline_keys
+from .delivery import Delivery
 from .engine import Engine, Instance
 from .errors import Conflict, Invalid, NotFound
-from .notifications import PENDING, Dispatcher, Notification
+from .notifications import HELD, PENDING, Dispatcher, Notification
+from .oncall import OnCall, Resolution
 from .pipeline import Pipeline
 from .plugins import PluginManager
 from .profiles import NotificationProfile
@@ -32,6 +36,7 @@ from .users import User, load_secret, pin_matches, set_pin
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "system"
+_NO_PREFERENCES = ChannelSettings()
 
 
 class AlarmSpec(BaseModel):
@@ -70,10 +75,13 @@ class Gateway:
         self.hook = plugins.hook
         self.pipelines: dict[str, Pipeline] = config.pipelines
         self.store = Store(config.database_url)
+        self.oncall = OnCall(config, self.store)
+        self.audit = AuditLog(self.store)
         self.timers = Timers()
         self.engine = Engine(self)
         g = config.gateway
         self.dispatcher = Dispatcher(self, g.retry, g.max_concurrent_sends)
+        self.delivery = Delivery(self)
         self.tags = TagProvider()
         self.events: dict[str, AlarmEvent] = {}   # every event not yet cleared-and-acknowledged
         self.current: dict[str, AlarmEvent] = {}  # source -> its active event
@@ -96,6 +104,7 @@ class Gateway:
         await loop.run_in_executor(None, self.store.open, loop)
         self.secret = load_secret(self.config.resolve(self.config.gateway.secret_file))
         await self._sync_users()
+        await self.oncall.load()  # runtime overrides (API/CLI) that have not ended
         for profile in self.profiles.values():
             await profile.start()
         self._define_tags()
@@ -105,6 +114,8 @@ class Gateway:
         for result in self.hook.annunciator_startup(gateway=self):
             if inspect.isawaitable(result):
                 await result
+        for where, message in self.config.warnings:
+            log.warning("config %s: %s (skipped)", where, message)
         self.started = True
         log.info("gateway %s started: %d pipelines, %d profiles, %d users, %d open events, %d running instances",
                  self.config.gateway.name, len(self.pipelines), len(self.profiles), len(self.users),
@@ -193,7 +204,7 @@ class Gateway:
                 sa.select(schema.pipeline_instances).where(schema.pipeline_instances.c.status == "running"))]
             ids = {r["event_id"] for r in inst}
             notes = [dict(r._mapping) for r in conn.execute(
-                sa.select(schema.notifications).where(schema.notifications.c.status == PENDING))]
+                sa.select(schema.notifications).where(schema.notifications.c.status.in_([PENDING, HELD])))]
             for n in notes:
                 ids.update(n["event_ids"])
             ev = schema.alarm_events
@@ -218,17 +229,16 @@ class Gateway:
                 self.engine.restore(row, event)
         for row in pending:
             user = self.users.get(row["username"])
-            evs = [self.events[i] for i in row["event_ids"] if i in self.events]
+            evs = [i for i in row["event_ids"] if i in self.events]
             if user is None or not evs:
                 self.store.update(schema.notifications, row["id"], {
                     "status": "failed", "updated": now,
                     "last_error": "user or event no longer exists after restart"})
                 continue
-            n = Notification(profile=row["profile"], user=user, message=row["message"], events=evs,
-                             contact_type=row["contact_type"], contact=row["contact"],
-                             instance_id=row["instance_id"], pipeline=row["pipeline"], block=row["block"],
-                             id=row["id"], idempotency_key=row["idempotency_key"],
-                             attempts=row["attempts"], created=row["created"])
+            n = self.notification_from_row(row, user)
+            if n.status == HELD:
+                self.delivery.batches.recover(n)
+                continue
             log.info("resending notification %s to %s (pending at shutdown)", n.id, user.username)
             self.dispatcher.submit_committed(n)
         self.refresh_tags_soon()
@@ -385,8 +395,10 @@ class Gateway:
             ids.append(event.id)
         return await self.clear(ids, user, notes)
 
-    async def acknowledge(self, event_ids: list[str], user: str, notes: str = "") -> list[AlarmEvent]:
-        """Acknowledge events: every pipeline carrying them drops out at once (per its dropout)."""
+    async def acknowledge(self, event_ids: list[str], user: str, notes: str = "",
+                          via: str | None = None) -> list[AlarmEvent]:
+        """Acknowledge events: every pipeline carrying them drops out at once (per its dropout).
+        ``via`` names the channel it came through (sms, voice, email, api, cli) for the audit log."""
         events = [self.get_event(i) for i in event_ids]
         for e in events:
             if e.acknowledged:
@@ -398,6 +410,8 @@ class Gateway:
             await self._ack(event, user, notes)
             self._save_event(event)
             self.forget_if_done(event)
+        self.audit.record(Code.ACKNOWLEDGED, user=user, channel=via, text=notes or None,
+                          event_ids=[e.id for e in events])
         self.refresh_tags_soon()
         return events
 
@@ -476,44 +490,62 @@ class Gateway:
 
     # --- notifying ------------------------------------------------------------------------
 
-    def resolve_roster(self, roster: str, event: AlarmEvent, at: datetime | None = None) -> list[User]:
+    def resolve_roster(self, roster: str, event: AlarmEvent, at: datetime | None = None,
+                       values: dict[str, Any] | None = None) -> Resolution:
+        """Who to notify in ``roster`` for ``event``, in order, and why (core.oncall). A plugin's
+        ``annunciator_resolve_roster`` decides first; ``values`` default to the event's."""
         at = at or utcnow()
-        chosen = self.hook.annunciator_resolve_roster(gateway=self, roster=roster, event=event, at=at)
-        if chosen is not None:
-            return list(chosen)
-        return [self.users[u] for u in self.config.roster_users(roster) if u in self.users]
+        kwargs = {"gateway": self, "roster": roster, "event": event, "at": at}
+        hook = self.hook.annunciator_resolve_roster
+        # call the implementations as pluggy would (firstresult, last registered first), to know
+        # which plugin chose: "chosen by plugin X" is what the trace must say
+        for impl in reversed(hook.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            chosen = impl.function(*[kwargs[a] for a in impl.argnames])
+            if chosen is None:
+                continue
+            names = [u.username if isinstance(u, User) else str(u) for u in chosen]
+            users = list(dict.fromkeys(n for n in names if n in self.users))
+            why = [f"chosen by plugin {impl.plugin_name}"]
+            why += [f"{n}: named by plugin {impl.plugin_name}, but there is no such user"
+                    for n in names if n not in self.users]
+            r = self.config.oncall.rosters.get(roster) if self.config.oncall else None
+            return Resolution(roster, at.astimezone(UTC), users, r.order if r else "parallel",
+                              r.ack_wait if r else None, why)
+        res = self.oncall.resolve(roster, at, event.template_values() if values is None else values)
+        res.users = [u for u in res.users if u in self.users]
+        return res
 
-    def notify(self, ctx: Any, profiles: list[str], roster: str, message: str) -> int:
-        """Queue notifications for a block (called by the engine through the block context)."""
-        event = ctx.event
-        users = self.resolve_roster(roster, event)
-        if not users:
-            ctx.trace("notify-failed", f"roster {roster} has nobody to notify")
-            return 0
-        text = render_message(message, ctx.values())
-        block = ctx.block
-        count = 0
-        for user in users:
-            for pname in profiles:
-                profile = self.profiles[pname]
-                if profile.contact_types:
-                    contacts = [(t, c) for t in profile.contact_types for c in user.contacts.get(t, [])]
-                    if not contacts:
-                        ctx.trace("notify-failed", f"{user.username} has no {'/'.join(profile.contact_types)} "
-                                                   f"contact for profile {pname}")
-                        continue
-                else:
-                    contacts = [(None, None)]
-                for ctype, contact in contacts:
-                    n = Notification(profile=pname, user=user, message=text, events=[event],
-                                     contact_type=ctype, contact=contact, instance_id=ctx.instance.id,
-                                     pipeline=ctx.instance.pipeline.name, block=block.name)
-                    self.store.insert(schema.notifications, n.row())
-                    self.dispatcher.submit(n)
-                    ctx.trace("notify", f"{user.username} via {pname}" + (f" ({contact})" if contact else "")
-                              + f" [notification {n.id}]")
-                    count += 1
-        return count
+    def render(self, template: str, event: AlarmEvent) -> str:
+        return render_message(template, event.template_values())
+
+    def render_values(self, template: str, values: dict[str, Any]) -> str:
+        return render_message(template, values)
+
+    def channel_preferences(self, username: str) -> ChannelSettings:
+        us = self.config.settings.users.get(username)
+        return (us.channels if us is not None else None) or _NO_PREFERENCES
+
+    def journal_note(self, event: AlarmEvent, action: str, notes: str) -> None:
+        """A journal line about an event that is not a state change (e.g. nobody could be notified)."""
+        self._journal(event, action, None, notes)
+
+    def held(self) -> list[dict[str, Any]]:
+        """Notifications held for consolidation or throttled: who, how many alarms, until when, why."""
+        return self.delivery.batches.held()
+
+    def notification_from_row(self, row: dict[str, Any], user: User) -> Notification:
+        return Notification(
+            profile=row["profile"], user=user, message=row["message"],
+            events=[self.events[i] for i in row["event_ids"] if i in self.events],
+            contact_type=row["contact_type"], contact=row["contact"], instance_id=row["instance_id"],
+            pipeline=row["pipeline"], block=row["block"], id=row["id"], idempotency_key=row["idempotency_key"],
+            status=row["status"], attempts=row["attempts"], last_error=row["last_error"],
+            provider_id=row["provider_id"], created=row["created"], sent_at=row["sent_at"],
+            chain=[Link.from_json(x) for x in row["chain"] or []], chain_id=row["chain_id"],
+            batch_key=row["batch_key"], due_at=row["due_at"], attempt_log=list(row["attempt_log"] or []),
+            delivery_status=row["delivery_status"])
 
     # --- queries --------------------------------------------------------------------------
 
@@ -556,15 +588,8 @@ class Gateway:
         j = schema.journal
 
         def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            q = sa.select(j).order_by(j.c.id.desc()).limit(limit)
-            if event_id:
-                q = q.where(j.c.event_id == event_id)
-            if source:
-                q = q.where(j.c.source == source)
-            if since:
-                q = q.where(j.c.ts >= since)
-            if until:
-                q = q.where(j.c.ts <= until)
+            q = schema.narrow(sa.select(j).order_by(j.c.id.desc()).limit(limit), j, since, until,
+                              event_id=event_id, source=source)
             return [{"id": r.id, "eventId": r.event_id, "source": r.source, "ts": r.ts.isoformat(),
                      "action": r.action, "user": r.user, "notes": r.notes} for r in conn.execute(q)]
 
@@ -616,12 +641,18 @@ class Gateway:
         def load(conn: sa.Connection) -> list[dict[str, Any]]:
             pi = schema.pipeline_instances
             ids = sa.select(pi.c.id).where(pi.c.event_id == event_id)
-            rows = conn.execute(sa.select(n).where(n.c.instance_id.in_(ids)).order_by(n.c.created))
+            # a consolidated message carries alarms of other instances: find it by its event list
+            batched = sa.and_(n.c.batch_key.is_not(None), sa.cast(n.c.event_ids, sa.Text).contains(event_id))
+            rows = conn.execute(sa.select(n).where(sa.or_(n.c.instance_id.in_(ids), batched))
+                                .order_by(n.c.created, n.c.id))
             return [{"id": r.id, "user": r.username, "profile": r.profile, "contactType": r.contact_type,
                      "contact": r.contact, "message": r.message, "status": r.status, "attempts": r.attempts,
                      "lastError": r.last_error, "providerId": r.provider_id, "pipeline": r.pipeline,
                      "block": r.block, "created": r.created.isoformat(),
-                     "sentAt": r.sent_at.isoformat() if r.sent_at else None}
+                     "sentAt": r.sent_at.isoformat() if r.sent_at else None, "alarms": len(r.event_ids),
+                     "chainId": r.chain_id, "fallbacks": [Link.from_json(x).profile for x in r.chain or []],
+                     "deliveryStatus": r.delivery_status, "batch": r.batch_key,
+                     "dueAt": r.due_at.isoformat() if r.due_at else None, "attemptLog": r.attempt_log or []}
                     for r in rows if event_id in r.event_ids]
 
         return await self.store.read(load)
@@ -632,7 +663,9 @@ class Gateway:
         return {"event": event.to_dict(), "journal": await self.journal(event_id=event_id),
                 "instances": await self.instances_of(event_id),
                 "trace": await self.traces(event_id=event_id),
-                "notifications": await self.notifications_of(event_id)}
+                "notifications": await self.notifications_of(event_id),
+                "held": [h for h in self.held() if event_id in h["eventIds"]],
+                "audit": await self.audit.query(event_id=event_id)}
 
     def cancel_instance(self, instance_id: str, user: str | None = None) -> Instance:
         inst = self.engine.cancel(instance_id, f"cancelled{_by(user)}")

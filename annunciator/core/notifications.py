@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .alarms import AlarmEvent, new_id, utcnow
+from .audit import Code
+from .channels import Link
 from .profiles import DeliveryResult, NotificationProfile
 from .users import User
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
+# consolidation: HELD collects alarms until due; CONSOLIDATED is the holder once its message went out
+HELD, CONSOLIDATED = "held", "consolidated"
 
 
 @dataclass(slots=True)
@@ -52,10 +56,26 @@ class Notification:
     sent_at: datetime | None = None
     in_flight: bool = False  # handed to the provider: too late to withdraw, its result counts
     withdrawn: str | None = None  # why its pipeline no longer wants it (no retry after this attempt)
+    chain: list[Link] = field(default_factory=list)  # channels still to try if this one fails
+    chain_id: str | None = None  # the first notification of its fallback chain
+    batch_key: str | None = None  # consolidation: pipeline/block/user of the batch it belongs to
+    due_at: datetime | None = None  # consolidation: when a held batch is sent
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    delivery_status: str | None = None  # what the provider reported after accepting it
 
     def __post_init__(self) -> None:
         if not self.idempotency_key:
             self.idempotency_key = self.id
+        if self.chain_id is None:
+            self.chain_id = self.id
+
+    @property
+    def link(self) -> Link:
+        return Link(self.profile, self.contact_type, self.contact)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [e.id for e in self.events]
 
     def row(self) -> dict[str, Any]:
         return {
@@ -66,6 +86,9 @@ class Notification:
             "message": self.message, "status": self.status, "attempts": self.attempts,
             "last_error": self.last_error, "provider_id": self.provider_id,
             "created": self.created, "updated": self.created, "sent_at": self.sent_at,
+            "batch_key": self.batch_key, "due_at": self.due_at, "chain_id": self.chain_id,
+            "chain": [link.to_json() for link in self.chain], "attempt_log": self.attempt_log,
+            "delivery_status": self.delivery_status,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +162,9 @@ class Dispatcher:
                 result = await self._attempt(profile, n)
             if n.status != PENDING:  # cancelled while in flight
                 return
+            attempt: dict[str, Any] = {"at": utcnow().isoformat(), "ok": result.ok, "error": result.error,
+                                       "providerId": result.provider_id}
+            n.attempt_log.append(attempt)
             if result.ok:
                 n.provider_id = result.provider_id
                 n.sent_at = utcnow()
@@ -155,10 +181,14 @@ class Dispatcher:
                 return
             wait = result.retry_after if result.retry_after is not None else backoff(
                 n.attempts, self.retry.backoff, self.retry.max_backoff)
+            attempt["retryIn"] = round(wait, 3)
             log.info("notification %s attempt %d failed (%s); retrying in %.1fs",
                      n.id, n.attempts, result.error, wait)
             self.gateway.store.update(schema.notifications, n.id, {
-                "attempts": n.attempts, "last_error": n.last_error, "updated": utcnow()})
+                "attempts": n.attempts, "last_error": n.last_error, "attempt_log": list(n.attempt_log),
+                "updated": utcnow()})
+            self._audit(n, Code.NOTIFICATION_RETRY, f"attempt {n.attempts} failed: {result.error}; "
+                                                    f"retrying in {wait:.1f}s")
             self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n,
                                                             status="retrying")
             await asyncio.sleep(wait)
@@ -188,13 +218,26 @@ class Dispatcher:
                 del self._by_instance[n.instance_id or ""]
         if status == SENT:
             self.sent += 1
+            self._audit(n, Code.NOTIFICATION_SENT, n.message)
         elif status == FAILED:
             self.failed += 1
+            self._audit(n, Code.NOTIFICATION_FAILED, n.last_error)
+        elif status == CANCELLED:
+            self._audit(n, Code.NOTIFICATION_CANCELLED, n.last_error)
         self.gateway.store.update(schema.notifications, n.id, {
             "status": status, "attempts": n.attempts, "last_error": n.last_error,
-            "provider_id": n.provider_id, "sent_at": n.sent_at, "updated": utcnow()})
+            "provider_id": n.provider_id, "sent_at": n.sent_at, "attempt_log": list(n.attempt_log),
+            "updated": utcnow()})
         self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n, status=status)
+        if status == FAILED:
+            self.gateway.delivery.failed(n, n.last_error or "failed")
         self.gateway.refresh_tags_soon()
+
+    def _audit(self, n: Notification, code: str, text: str | None) -> None:
+        self.gateway.audit.record(code, user=n.user.username, channel=n.profile, contact=n.contact, text=text,
+                                  event_ids=n.event_ids, notification_id=n.id,
+                                  details={"attempt": n.attempts, "providerId": n.provider_id} if n.attempts
+                                  else None)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Give in-flight sends a moment to finish at shutdown."""

@@ -86,6 +86,7 @@ class BlockContext(Protocol):
 
     event: AlarmEvent
     properties: dict[str, Any]
+    gateway: Any  # the Gateway (users, profiles) for blocks that need more than the calls below
 
     def values(self) -> dict[str, Any]:
         """Event template values overlaid with runtime properties."""
@@ -93,8 +94,16 @@ class BlockContext(Protocol):
     def evaluate(self, expression: Any) -> Any:
         """Evaluate a compiled Expression against ``values()``."""
 
-    def notify(self, profiles: list[str], roster: str, message: str) -> int:
-        """Queue notifications to the roster's on-call users; returns how many were queued."""
+    def on_call(self, roster: str) -> Any:
+        """The roster's on-call users for this event (OnCallUsers: users, order, ack_wait), traced;
+        the pipeline's fallback roster when nobody is on call."""
+
+    def send(self, profiles: list[str], users: list[Any], message: str, **options: Any) -> int:
+        """Queue notifications of this event to these users (options: ``policy``, ``consolidation``);
+        returns how many were queued or held."""
+
+    def notify(self, profiles: list[str], roster: str, message: str, **options: Any) -> int:
+        """``send`` to the roster's on-call users; returns how many were queued."""
 
     def trace(self, action: str, why: str) -> None:
         """Add a line to this instance's trace."""
@@ -150,6 +159,7 @@ class Pipeline:
     blocks: list[Block]
     dropout: frozenset[str] = frozenset({"acknowledged", "cleared", "shelved"})
     description: str = ""
+    fallback_roster: str | None = None
     _by_name: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -213,7 +223,8 @@ def build_pipelines(
         if not blocks:
             problems.append((f"pipelines.{pname}.blocks", "a pipeline needs at least one block"))
             continue
-        pipelines[pname] = Pipeline(pname, blocks, frozenset(psettings.dropout), psettings.description)
+        pipelines[pname] = Pipeline(pname, blocks, frozenset(psettings.dropout), psettings.description,
+                                    psettings.fallback_roster)
 
     if problems:
         return pipelines, problems
@@ -226,6 +237,9 @@ def build_pipelines(
 def _check_references(pipelines: dict[str, Pipeline], config: Config | None) -> list[tuple[str, str]]:
     problems = []
     for p in pipelines.values():
+        if config is not None and p.fallback_roster and p.fallback_roster not in config.settings.rosters:
+            problems.append((f"pipelines.{p.name}.fallback_roster", f"unknown roster {p.fallback_roster!r}; "
+                             f"defined: {installed(config.settings.rosters)}"))
         seen: set[str] = set()
         for b in p.blocks:
             where = f"pipelines.{p.name}.blocks[{b.index}]"

@@ -46,7 +46,7 @@ class NotificationProfile:
 
     type_name: ClassVar[str] = ""
     Settings: ClassVar[type[BaseModel]] = StrictModel
-    contact_types: ClassVar[tuple[str, ...]] = ()
+    contact_types: tuple[str, ...] = ()  # a profile may set its own from its settings
     description: ClassVar[str] = ""
 
     def __init__(self, name: str, settings: BaseModel, gateway: Gateway):

@@ -30,6 +30,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 ID = sa.String(32)
 
+
+def narrow(q: Any, table: sa.Table, since: datetime | None, until: datetime | None, **equal: Any) -> Any:
+    """A query limited to rows whose ``ts`` is in [since, until] and whose named columns equal the
+    values given (a None or empty value adds no condition): the journal and audit filters."""
+    for name, value in equal.items():
+        if value not in (None, ""):
+            q = q.where(table.c[name] == value)
+    if since:
+        q = q.where(table.c.ts >= since)
+    if until:
+        q = q.where(table.c.ts <= until)
+    return q
+
 users = sa.Table(
     "users", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -130,7 +143,7 @@ notifications = sa.Table(
     sa.Column("status", sa.String(20), nullable=False, index=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
-    sa.Column("provider_id", sa.String(200)),
+    sa.Column("provider_id", sa.String(200), index=True),  # delivery callbacks find it by this
     sa.Column("created", UTCDateTime, nullable=False),
     sa.Column("updated", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),

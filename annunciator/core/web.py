@@ -20,9 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .alarms import utcnow
 from .config import join_path
 from .errors import Conflict, Invalid, NotFound
 from .gateway import AlarmSpec, Gateway
+from .oncall import OverrideInvalid, parse_when
+from .schedules import zone
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class RaiseBody(_Body):
 class AckBody(_Body):
     user: str = Field(min_length=1, max_length=200)
     notes: str = ""
+    via: str = Field("api", max_length=40)  # the channel, for the audit log (the CLI says "cli")
 
 
 class AckManyBody(AckBody):
@@ -69,6 +73,17 @@ class CancelBody(_Body):
 
 class PinBody(_Body):
     pin: str = Field(min_length=4, max_length=12, pattern=r"^[0-9]+$")
+
+
+class OverrideBody(_Body):
+    user: str = Field(min_length=1, max_length=200)
+    covers: str | None = Field(None, min_length=1, max_length=200)
+    roster: str | None = Field(None, min_length=1, max_length=200)
+    starts: str | None = Field(None, alias="from")  # default: now
+    until: str
+    timezone: str = "UTC"  # for times written without an offset
+    notes: str = Field("", max_length=2000)
+    created_by: str | None = Field(None, max_length=200)
 
 
 class ApiError(Exception):
@@ -180,14 +195,14 @@ async def alarm_trace(gw: Gateway, request: Request) -> Response:
 
 async def ack_one(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, AckBody)
-    events = await gw.acknowledge([request.path_params["id"]], body.user, body.notes)
+    events = await gw.acknowledge([request.path_params["id"]], body.user, body.notes, via=body.via)
     await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
 async def ack_many(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, AckManyBody)
-    events = await gw.acknowledge(body.event_ids, body.user, body.notes)
+    events = await gw.acknowledge(body.event_ids, body.user, body.notes, via=body.via)
     await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
@@ -230,16 +245,35 @@ async def shelved(gw: Gateway, request: Request) -> Response:
     return _json({"shelved": gw.shelved_sources()})
 
 
+def _limit(q: Any) -> int:
+    try:
+        limit = int(q.get("limit", 500))
+    except ValueError:
+        limit = -1
+    if limit < 1:
+        raise ApiError(422, "limit: expected a number of 1 or more",
+                       [{"path": "limit", "message": "expected a number of 1 or more"}])
+    return min(limit, 10000)
+
+
 async def journal(gw: Gateway, request: Request) -> Response:
     q = request.query_params
-    try:
-        limit = min(int(q.get("limit", 500)), 10000)
-    except ValueError:
-        raise ApiError(422, "limit: expected a number", [{"path": "limit", "message": "expected a number"}])
     rows = await gw.journal(event_id=q.get("eventId"), source=q.get("source"),
                             since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
-                            limit=limit)
+                            limit=_limit(q))
     return _json({"journal": rows})
+
+
+async def audit(gw: Gateway, request: Request) -> Response:
+    q = request.query_params
+    rows = await gw.audit.query(user=q.get("user"), code=q.get("code"), event_id=q.get("eventId"),
+                                since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+                                limit=_limit(q))
+    return _json({"audit": rows})
+
+
+async def held(gw: Gateway, request: Request) -> Response:
+    return _json({"held": gw.held()})
 
 
 async def pipelines(gw: Gateway, request: Request) -> Response:
@@ -247,6 +281,7 @@ async def pipelines(gw: Gateway, request: Request) -> Response:
         "name": p.name, "description": p.description, "dropout": sorted(p.dropout),
         "blocks": [{"name": b.name, "type": b.type_name} for b in p.blocks],
         "running": sum(1 for i in gw.engine.live.values() if i.pipeline is p),
+        "held": [h for h in gw.held() if h["pipeline"] == p.name],
     } for p in gw.pipelines.values()]})
 
 
@@ -300,6 +335,54 @@ async def tags(gw: Gateway, request: Request) -> Response:
     return _json({"tags": [t.to_dict() for t in gw.tags.browse(request.query_params.get("path", ""))]})
 
 
+def _zone(name: str, field: str) -> Any:
+    try:
+        return zone(name)
+    except ValueError as exc:
+        raise ApiError(422, f"{field}: {exc}", [{"path": field, "message": str(exc)}])
+
+
+def _when(value: str, tz: Any, field: str) -> datetime:
+    try:
+        return parse_when(value, tz)
+    except ValueError as exc:
+        raise ApiError(422, f"{field}: {exc}", [{"path": field, "message": str(exc)}])
+
+
+async def oncall(gw: Gateway, request: Request) -> Response:
+    """Who is on call at ``at`` (default now; without an offset, wall time in ``tz``, default
+    UTC), in every roster or in ``roster``, with the reasons."""
+    q = request.query_params
+    at = _when(q["at"], _zone(q.get("tz", "UTC"), "tz"), "at") if q.get("at") else utcnow()
+    resolutions = [gw.oncall.resolve(q["roster"], at)] if q.get("roster") else gw.oncall.who(at)
+    return _json({"at": at.isoformat(), "rosters": [r.to_dict() for r in resolutions]})
+
+
+async def list_overrides(gw: Gateway, request: Request) -> Response:
+    return _json({"overrides": [o.to_dict() for o in gw.oncall.overrides()]})
+
+
+async def add_override(gw: Gateway, request: Request) -> Response:
+    body = await _parse(request, OverrideBody)
+    tz = _zone(body.timezone, "timezone")
+    until = _when(body.until, tz, "until")
+    starts = _when(body.starts, tz, "from") if body.starts else None
+    try:
+        o = gw.oncall.add_override(body.user, until, covers=body.covers, roster=body.roster, starts=starts,
+                                   notes=body.notes, created_by=body.created_by)
+    except OverrideInvalid as exc:
+        raise ApiError(422, f"invalid override: {exc}",
+                       [{"path": p or "body", "message": m} for p, m in exc.problems])
+    await _stored(gw)
+    return _json(o.to_dict(), 201)
+
+
+async def remove_override(gw: Gateway, request: Request) -> Response:
+    o = gw.oncall.remove_override(request.path_params["id"])
+    await _stored(gw)
+    return _json(o.to_dict())
+
+
 class BearerAuth:
     """Require a configured bearer token on /api/ (health excepted)."""
 
@@ -346,6 +429,8 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
         r("/api/unshelve", unshelve, ["POST"]),
         r("/api/shelved", shelved, ["GET"]),
         r("/api/journal", journal, ["GET"]),
+        r("/api/audit", audit, ["GET"]),
+        r("/api/held", held, ["GET"]),
         r("/api/pipelines", pipelines, ["GET"]),
         r("/api/instances", instances, ["GET"]),
         r("/api/instances/{id}", instance, ["GET"]),
@@ -353,6 +438,10 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
         r("/api/plugins", plugins, ["GET"]),
         r("/api/tags", tags, ["GET"]),
         r("/api/users", users, ["GET"]),
+        r("/api/oncall", oncall, ["GET"]),
+        r("/api/overrides", list_overrides, ["GET"]),
+        r("/api/overrides", add_override, ["POST"]),
+        r("/api/overrides/{id}", remove_override, ["DELETE"]),
         r("/api/users/{username}/pin", user_pin, ["POST"]),
         r("/api/users/{username}/unlock", user_unlock, ["POST"]),
     ]

@@ -31,6 +31,7 @@ import contextlib
 import json as _json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -68,6 +69,8 @@ class ReceivedRequest:
     json: Any | None
     method: str = "POST"
     query: dict[str, str] = field(default_factory=dict)
+    # answered in X-Request-Id, as relays and providers answer with an id of their own
+    request_id: str = field(default_factory=lambda: f"rx-{uuid.uuid4().hex[:16]}")
 
     @property
     def text(self) -> str:
@@ -268,7 +271,8 @@ class WebhookReceiver:
         delay = self.delay
         if delay > 0:
             await asyncio.sleep(delay)
-        return web.Response(status=self.status, text="ok\n" if self.status < 400 else "error\n")
+        return web.Response(status=self.status, text="ok\n" if self.status < 400 else "error\n",
+                            headers={"X-Request-Id": rec.request_id})
 
 
 def _bound_port(runner: web.AppRunner) -> int:

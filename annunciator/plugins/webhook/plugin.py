@@ -21,6 +21,9 @@ class WebhookSettings(StrictModel):
     headers: dict[str, str] = {}
     timeout: Duration = 10.0
     verify_tls: bool = True
+    # send per contact of this kind (e.g. "sms" for an SMS appliance's HTTP API); the contact is
+    # in the body, and a person without one cannot be reached through this profile
+    contact: str | None = None
 
     @field_validator("headers")
     @classmethod
@@ -48,6 +51,8 @@ class WebhookProfile(NotificationProfile):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._session: aiohttp.ClientSession | None = None
+        kind = self.settings.contact  # type: ignore[attr-defined]
+        self.contact_types = (kind,) if kind else ()
 
     async def start(self) -> None:
         s: WebhookSettings = self.settings  # type: ignore[assignment]

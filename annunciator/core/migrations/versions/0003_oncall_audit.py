@@ -24,6 +24,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("delivery_status", sa.String(length=40), nullable=True))
         batch_op.create_index(batch_op.f("ix_notifications_batch_key"), ["batch_key"], unique=False)
         batch_op.create_index(batch_op.f("ix_notifications_chain_id"), ["chain_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_notifications_provider_id"), ["provider_id"], unique=False)
 
     op.create_table(
         "oncall_overrides",
@@ -67,6 +68,7 @@ def downgrade() -> None:
     op.drop_table("audit")
     op.drop_table("oncall_overrides")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_notifications_provider_id"))
         batch_op.drop_index(batch_op.f("ix_notifications_chain_id"))
         batch_op.drop_index(batch_op.f("ix_notifications_batch_key"))
         for col in ("delivery_status", "attempt_log", "chain", "chain_id", "due_at", "batch_key"):

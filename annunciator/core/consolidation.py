@@ -1,0 +1,206 @@
+"""Consolidation and throttling on the Notification block, as in Ignition.
+
+Alarms for one person from one block are collected into a batch, held as a notification row with
+status ``held``. The batch is sent when no new alarm has arrived for ``delay`` (each alarm re-arms
+the delay), or when its first alarm has waited ``frequency``, whichever comes first; and never
+sooner than ``frequency`` after the previous message of the same batch key (the per-person
+throttle). A batch of one alarm is sent with the block's message; larger ones with the summary.
+
+Nothing is held silently: the row, the trace of every alarm in it, the audit log and
+``Gateway.held()`` (pipeline status) say who is held, how many alarms, until when, and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from . import schema
+from .alarms import AlarmEvent, Priority, utcnow
+from .audit import Code
+from .config import Duration, StrictModel
+from .notifications import CANCELLED, CONSOLIDATED, HELD, Notification
+from .users import User
+
+if TYPE_CHECKING:
+    from .delivery import Delivery, Origin
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUMMARY = "{count} alarms, highest priority {highestPriority}: {displayPaths}{more}"
+
+
+class ConsolidationSettings(StrictModel):
+    """``delay``: quiet time that closes a batch (re-armed by each new alarm); ``frequency``: the
+    longest an alarm waits in a batch, and the shortest gap between two messages to one person."""
+
+    delay: Duration = 0.0
+    frequency: Duration = 0.0
+    message: str = DEFAULT_SUMMARY  # for two or more alarms
+    listed: int = Field(3, ge=1, le=100)  # display paths named in the summary; the rest are counted
+
+    @property
+    def active(self) -> bool:
+        return self.delay > 0 or self.frequency > 0
+
+
+@dataclass(slots=True)
+class Batch:
+    key: str
+    holder: Notification
+    opened: datetime
+    last_added: datetime
+    due: datetime
+    reason: str = ""
+    origins: dict[str, str] = field(default_factory=dict)  # event id -> the instance that held it
+
+
+def summary_values(events: list[AlarmEvent], listed: int) -> dict[str, Any]:
+    """Names a summary template can use, beside the first alarm's own values."""
+    ordered = sorted(events, key=lambda e: (-int(e.priority), e.active_time))
+    paths = [e.display_path or e.source for e in ordered[:listed]]
+    values = ordered[0].template_values()
+    more = len(events) - len(paths)
+    values.update(count=len(events), highestPriority=Priority(max(int(e.priority) for e in events)),
+                  displayPaths=", ".join(paths), more=f" and {more} more" if more > 0 else "",
+                  moreCount=more)
+    return values
+
+
+class Batches:
+    def __init__(self, gateway: Gateway, delivery: Delivery):
+        self.gateway = gateway
+        self.delivery = delivery
+        self.open: dict[str, Batch] = {}
+        self.last_sent: dict[str, datetime] = {}
+
+    def _settings(self, pipeline: str | None, block: str | None) -> Any:
+        p = self.gateway.pipelines.get(pipeline or "")
+        if p is None or block not in p._by_name:
+            return None
+        return p.blocks[p.index_of(block)].settings
+
+    def add(self, origin: Origin, event: AlarmEvent, user: User, profile: str,
+            settings: ConsolidationSettings) -> None:
+        key = f"{origin.pipeline}/{origin.block}/{user.username}"
+        now = utcnow()
+        batch = self.open.get(key)
+        if batch is None:
+            holder = Notification(profile=profile, user=user, message="", events=[event],
+                                  instance_id=origin.instance_id, pipeline=origin.pipeline, block=origin.block,
+                                  batch_key=key, status=HELD)
+            batch = Batch(key, holder, now, now, now)
+            self.open[key] = batch
+            if origin.instance_id:
+                batch.origins[event.id] = origin.instance_id
+            self._schedule(batch, settings, now)
+            holder.due_at = batch.due
+            self.gateway.store.insert(schema.notifications, holder.row())
+        else:
+            if any(e.id == event.id for e in batch.holder.events):
+                return
+            batch.holder.events.append(event)
+            if origin.instance_id:
+                batch.origins[event.id] = origin.instance_id
+            batch.last_added = now
+            self._schedule(batch, settings, now)
+            batch.holder.due_at = batch.due
+            self.gateway.store.update(schema.notifications, batch.holder.id, {
+                "event_ids": batch.holder.event_ids, "due_at": batch.due, "updated": now})
+        origin.trace("held", f"{user.username}: {batch.reason} [notification {batch.holder.id}, "
+                             f"{len(batch.holder.events)} alarm(s)]")
+        if len(batch.holder.events) == 1:
+            self.gateway.audit.record(Code.HELD, user=user.username, channel=profile, text=batch.reason,
+                                      event_ids=[event.id], notification_id=batch.holder.id)
+
+    def _schedule(self, batch: Batch, s: ConsolidationSettings, now: datetime) -> None:
+        due = now + timedelta(seconds=s.delay)
+        reason = f"collecting alarms until {_hms(due)} (delay {s.delay:g}s, re-armed by each alarm)"
+        if s.frequency:
+            latest = batch.opened + timedelta(seconds=s.frequency)
+            if latest < due:
+                due, reason = latest, f"collecting alarms until {_hms(latest)} (longest wait {s.frequency:g}s)"
+            last = self.last_sent.get(batch.key)
+            if last is not None and last + timedelta(seconds=s.frequency) > due:
+                due = last + timedelta(seconds=s.frequency)
+                reason = (f"throttled until {_hms(due)}: last message at {_hms(last)}, "
+                          f"at most one every {s.frequency:g}s")
+        batch.due, batch.reason = due, reason
+        self.gateway.timers.at(f"batch:{batch.key}", due, self.flush, batch.key)
+
+    def flush(self, key: str) -> None:
+        batch = self.open.pop(key, None)
+        if batch is None:
+            return
+        holder = batch.holder
+        settings = self._settings(holder.pipeline, holder.block)
+        origin = self.delivery.origin_of(holder)
+        now = utcnow()
+        if settings is None:
+            self._close(holder, CANCELLED, f"block {holder.pipeline}/{holder.block} is no longer configured")
+            return
+        pipeline = self.gateway.pipelines[holder.pipeline or ""]
+        events = [e for e in holder.events if _still_wanted(e, pipeline.dropout)]
+        if not events:
+            self._close(holder, CANCELLED, f"all {len(holder.events)} alarm(s) were acknowledged, cleared or "
+                                           "shelved before the message was due")
+            origin.trace("held", f"{holder.user.username}: batch withdrawn, nothing left to send")
+            return
+        cons: ConsolidationSettings = settings.consolidation
+        if len(events) == 1:
+            text = self.gateway.render(settings.message, events[0])
+        else:
+            text = self.gateway.render_values(cons.message, summary_values(events, cons.listed))
+        holder.message = text
+        self._close(holder, CONSOLIDATED, None)
+        self.last_sent[key] = now
+        self.gateway.audit.record(Code.CONSOLIDATED, user=holder.user.username, channel=holder.profile, text=text,
+                                  event_ids=[e.id for e in events], notification_id=holder.id,
+                                  details={"count": len(events), "held": len(holder.events)})
+        count = self.delivery.dispatch(origin, holder.user, settings.profiles, settings.policy, text, events,
+                                       batch_key=key)
+        for e in events[1:]:
+            inst = batch.origins.get(e.id)
+            if inst is not None:
+                self.gateway.engine.trace_line(inst, e.id, holder.block, "notify",
+                                               f"{holder.user.username}: sent in a message of {len(events)} "
+                                               f"alarms [batch {holder.id}]")
+        log.info("batch %s: %d alarm(s) to %s in %d notification(s)", key, len(events), holder.user.username,
+                 count)
+
+    def _close(self, holder: Notification, status: str, why: str | None) -> None:
+        holder.status = status
+        holder.last_error = why
+        self.gateway.store.update(schema.notifications, holder.id, {
+            "status": status, "message": holder.message, "last_error": why, "event_ids": holder.event_ids,
+            "updated": utcnow()})
+
+    def recover(self, holder: Notification) -> None:
+        """A batch held when the gateway stopped: re-arm it (a late one is sent at once)."""
+        due = holder.due_at or utcnow()
+        batch = Batch(holder.batch_key or "", holder, holder.created, holder.created, due,
+                      f"held before restart; due {_hms(due)}")
+        self.open[batch.key] = batch
+        self.gateway.timers.at(f"batch:{batch.key}", due, self.flush, batch.key)
+
+    def held(self) -> list[dict[str, Any]]:
+        """Pipeline status of every open batch: who, how many alarms, until when, why."""
+        return [{"notificationId": b.holder.id, "pipeline": b.holder.pipeline, "block": b.holder.block,
+                 "user": b.holder.user.username, "alarms": len(b.holder.events),
+                 "eventIds": b.holder.event_ids, "since": b.opened.isoformat(), "until": b.due.isoformat(),
+                 "why": b.reason}
+                for b in sorted(self.open.values(), key=lambda b: b.due)]
+
+
+def _still_wanted(e: AlarmEvent, dropout: frozenset[str]) -> bool:
+    return not (("acknowledged" in dropout and e.acknowledged) or ("cleared" in dropout and not e.active)
+                or ("shelved" in dropout and e.shelved))
+
+
+def _hms(t: datetime) -> str:
+    return t.strftime("%H:%M:%S") + "Z"

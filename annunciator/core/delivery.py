@@ -1,0 +1,208 @@
+"""From a Notification block to messages: who is on call, which channels reach them, and what
+happens when a channel fails.
+
+Every decision is written where an operator will look at 3 a.m.: the trace of the instance that
+asked (who was on call and why, which channel, fallback), the audit log (with an event code), and,
+when nobody could be reached at all, the alarm's journal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from . import schema
+from .alarms import AlarmEvent, utcnow
+from .audit import Code
+from .channels import plan
+from .consolidation import Batches, ConsolidationSettings
+from .notifications import Notification
+from .users import User
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+# what providers report after accepting a message or call (Twilio's words)
+DELIVERED = frozenset({"delivered", "read", "completed", "answered"})
+UNDELIVERED = frozenset({"failed", "undelivered", "busy", "no-answer", "canceled"})
+
+
+def _rank(status: str | None) -> int:
+    """Callbacks can arrive out of order (Twilio says so): a later stage never goes back."""
+    if status is None:
+        return -1
+    if status in DELIVERED or status in UNDELIVERED:
+        return 2
+    return 0 if status in ("accepted", "scheduled", "queued") else 1
+
+
+@dataclass(slots=True)
+class Origin:
+    """Where a notification comes from, for its row and its trace lines."""
+
+    instance_id: str | None
+    event_id: str
+    pipeline: str | None
+    block: str | None
+    trace: Callable[[str, str], None]
+
+
+@dataclass(slots=True)
+class OnCallUsers:
+    """A roster resolved for one event: the people, the order, and why."""
+
+    roster: str
+    users: list[User]
+    order: str = "parallel"
+    ack_wait: float | None = None
+
+
+class Delivery:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.batches = Batches(gateway, self)
+
+    # --- who ------------------------------------------------------------------------------
+
+    def on_call(self, origin: Origin, event: AlarmEvent, roster: str, fallback_roster: str | None = None,
+                values: dict[str, Any] | None = None) -> OnCallUsers:
+        """Resolve a roster for an event; trace why; use the fallback roster when nobody is on call.
+        ``values`` (the event's and the pipeline's runtime properties) feed calculated rosters."""
+        res = self.gateway.resolve_roster(roster, event, values=values)
+        users = [self.gateway.users[u] if isinstance(u, str) else u for u in res.users]
+        origin.trace("on-call", f"roster {roster}: " + ("; ".join(res.why) if res.why else
+                                                       ", ".join(u.username for u in users) or "nobody"))
+        if users:
+            return OnCallUsers(roster, users, res.order, res.ack_wait)
+        self.gateway.audit.record(Code.NOBODY_ON_CALL, text=f"roster {roster}: " + "; ".join(res.why),
+                                  event_ids=[event.id], details={"roster": roster})
+        if fallback_roster and fallback_roster != roster:
+            origin.trace("nobody-on-call", f"nobody on call in roster {roster}; "
+                                           f"using the pipeline's fallback roster {fallback_roster}")
+            return self.on_call(origin, event, fallback_roster, values=values)
+        origin.trace("notify-failed", f"nobody on call in roster {roster} and no fallback roster")
+        self.gateway.journal_note(event, "notify-failed", f"nobody on call in roster {roster}")
+        return OnCallUsers(roster, [], res.order, res.ack_wait)
+
+    # --- send -----------------------------------------------------------------------------
+
+    def send(self, origin: Origin, event: AlarmEvent, users: list[User], profiles: list[str], message: str, *,
+             policy: str | None = None, consolidation: ConsolidationSettings | None = None,
+             values: dict[str, Any] | None = None) -> int:
+        """Queue (or, consolidating, hold) notifications of one event for each user; returns how
+        many were queued or held. ``values`` fill the message (default: the event's own)."""
+        count = 0
+        for user in users:
+            if consolidation is not None and consolidation.active:
+                self.batches.add(origin, event, user, profiles[0], consolidation)
+                count += 1
+            else:
+                text = self.gateway.render_values(message, values or event.template_values())
+                count += self.dispatch(origin, user, profiles, policy, text, [event])
+        return count
+
+    def dispatch(self, origin: Origin, user: User, profiles: list[str], policy: str | None, text: str,
+                 events: list[AlarmEvent], batch_key: str | None = None) -> int:
+        """Plan the person's channels and queue the first notification of each chain."""
+        prefs = self.gateway.channel_preferences(user.username)
+        p = plan(user, profiles, self.gateway.profiles, policy, prefs.policy, prefs.order)
+        if not p.chains:
+            why = f"{user.username} cannot be reached: " + "; ".join(p.missing)
+            origin.trace("notify-failed", why)
+            self.gateway.audit.record(Code.NO_CONTACT, user=user.username, text=why,
+                                      event_ids=[e.id for e in events])
+            for e in events:
+                self.gateway.journal_note(e, "notify-failed", why)
+            return 0
+        for chain in p.chains:
+            first, rest = chain[0], chain[1:]
+            n = Notification(profile=first.profile, user=user, message=text, events=events,
+                             contact_type=first.contact_type, contact=first.contact,
+                             instance_id=origin.instance_id, pipeline=origin.pipeline, block=origin.block,
+                             chain=rest, batch_key=batch_key)
+            self._queue(n)
+            then = f"; if it fails: {', then '.join(map(str, rest))}" if rest else ""
+            origin.trace("notify", f"{user.username} via {first} ({p.policy}){then} [notification {n.id}]")
+        return len(p.chains)
+
+    def _queue(self, n: Notification) -> None:
+        self.gateway.store.insert(schema.notifications, n.row())
+        self.gateway.dispatcher.submit(n)
+
+    # --- after sending --------------------------------------------------------------------
+
+    def origin_of(self, n: Notification) -> Origin:
+        event_id = n.events[0].id if n.events else ""
+
+        def trace(action: str, why: str) -> None:
+            if n.instance_id:
+                self.gateway.engine.trace_line(n.instance_id, event_id, n.block, action, why)
+
+        return Origin(n.instance_id, event_id, n.pipeline, n.block, trace)
+
+    def failed(self, n: Notification, why: str) -> None:
+        """A channel failed for good (retries used up, refused, or reported undelivered): try the
+        next channel of the person's chain while an alarm in it still needs someone."""
+        origin = self.origin_of(n)
+        if not n.chain:
+            if n.chain_id != n.id:
+                origin.trace("notify-failed", f"{n.user.username}: every channel failed; last: {n.link}: {why}")
+            else:
+                origin.trace("notify-failed", f"{n.user.username} via {n.link} failed: {why}")
+            return
+        if all(e.acknowledged for e in n.events):
+            origin.trace("fallback", f"{n.user.username} via {n.link} failed, but the alarm is acknowledged: "
+                                     f"not trying {n.chain[0]}")
+            return
+        nxt, rest = n.chain[0], n.chain[1:]
+        new = Notification(profile=nxt.profile, user=n.user, message=n.message, events=n.events,
+                           contact_type=nxt.contact_type, contact=nxt.contact, instance_id=n.instance_id,
+                           pipeline=n.pipeline, block=n.block, chain=rest, chain_id=n.chain_id,
+                           batch_key=n.batch_key)
+        self._queue(new)
+        origin.trace("fallback", f"{n.user.username} via {n.link} failed ({why}); trying {nxt} "
+                                 f"[notification {new.id}]")
+        self.gateway.audit.record(Code.CHANNEL_FALLBACK, user=n.user.username, channel=nxt.profile,
+                                  contact=nxt.contact, text=f"{n.link} failed: {why}; trying {nxt}",
+                                  event_ids=n.event_ids, notification_id=new.id,
+                                  details={"from": n.id, "chainId": n.chain_id})
+
+    async def delivery_status(self, provider_id: str, status: str, error: str | None = None) -> bool:
+        """A provider reports what became of a message it accepted (e.g. a Twilio status
+        callback). Returns False when no notification has that provider id."""
+        t = schema.notifications
+
+        def load(conn: sa.Connection) -> Any:
+            return conn.execute(sa.select(t).where(t.c.provider_id == provider_id)).first()
+
+        row = await self.gateway.store.read(load)
+        if row is None:
+            return False
+        row = dict(row._mapping)
+        status = status.lower()
+        log_entry = {"at": utcnow().isoformat(), "status": status, "error": error}
+        if _rank(status) <= _rank(row["delivery_status"]):
+            return True  # a replayed or late callback changes nothing
+        attempts = [*(row["attempt_log"] or []), log_entry]
+        self.gateway.store.update(t, row["id"], {"delivery_status": status, "attempt_log": attempts,
+                                                 "updated": utcnow()})
+        user = self.gateway.users.get(row["username"])
+        n = self.gateway.notification_from_row(row, user) if user else None
+        if status in DELIVERED or status in UNDELIVERED:
+            code = Code.NOTIFICATION_DELIVERED if status in DELIVERED else Code.NOTIFICATION_UNDELIVERED
+            self.gateway.audit.record(code, user=row["username"], channel=row["profile"], contact=row["contact"],
+                                      text=f"{status}{': ' + error if error else ''}", event_ids=row["event_ids"],
+                                      notification_id=row["id"], details={"providerId": provider_id})
+        if n is not None:
+            origin = self.origin_of(n)
+            origin.trace("delivery", f"{n.user.username} via {n.link}: provider reports {status}"
+                                     f"{' (' + error + ')' if error else ''}")
+            if status in UNDELIVERED:
+                self.failed(n, f"provider reported {status}{' (' + error + ')' if error else ''}")
+        return True
