@@ -128,6 +128,8 @@ class AlarmEvent:
     ack_user: str | None = None
     ack_notes: str | None = None
     shelved: bool = False
+    # a short number people type to acknowledge it ("ACK 12 1234"), unique among open events
+    ack_code: int | None = None
 
     def __post_init__(self) -> None:
         if not self.display_path:
@@ -178,6 +180,7 @@ class AlarmEvent:
             isActive=self.active,
             isAcked=self.acknowledged,
             isShelved=self.shelved,
+            ackCode=self.ack_code if self.ack_code is not None else "",
         )
         return values
 
@@ -209,6 +212,7 @@ class AlarmEvent:
             "ackTime": iso(self.ack_time),
             "ackUser": self.ack_user,
             "ackNotes": self.ack_notes,
+            "ackCode": self.ack_code,
         }
 
 

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
     from starlette.routing import BaseRoute
 
     from ..tags.provider import TagProvider
     from .alarms import AlarmEvent
+    from .config import Config
     from .gateway import Gateway
     from .notifications import Notification
     from .pipeline import Block
@@ -44,6 +46,27 @@ def annunciator_block_types() -> Sequence[type[Block]]:
 
     Return the pipeline block classes the plugin provides, each with a unique ``type_name`` (what
     ``blocks[i].type`` names) and a pydantic ``Settings`` model.
+    """
+
+
+@hookspec
+def annunciator_config_sections() -> dict[str, type[BaseModel]]:
+    """Called once when the config is read, before it is validated.
+
+    Return ``{section: pydantic model}`` for top-level config sections the plugin owns (e.g.
+    ``twilio``). The loader validates each section present in the file against its model,
+    reporting problems with the section's key paths, and keeps the result in
+    ``config.sections[section]`` (the model's defaults when the file has no such section).
+    """
+
+
+@hookspec
+def annunciator_check_config(config: Config) -> Sequence[tuple[str, str]] | None:
+    """Called once per config load, after every section, profile and pipeline is validated.
+
+    Return ``(key path, message)`` problems that need the whole config to see (a profile naming an
+    account that does not exist). The loader refuses the config if any are returned. To warn
+    without refusing (a missing external URL), append to ``config.notices`` instead.
     """
 
 

@@ -75,6 +75,15 @@ class PluginManager(pluggy.PluginManager):
     def block_types(self) -> dict[str, type[Block]]:
         return _collect(self.hook.annunciator_block_types(), "block")
 
+    def config_sections(self) -> dict[str, Any]:
+        sections: dict[str, Any] = {}
+        for group in self.hook.annunciator_config_sections():
+            sections.update(group or {})
+        return sections
+
+    def check_config(self, config: Any) -> list[tuple[str, str]]:
+        return [p for group in self.hook.annunciator_check_config(config=config) for p in group or ()]
+
 
 def _names(value: str | None) -> set[str] | None:
     if value is None:

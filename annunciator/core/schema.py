@@ -76,6 +76,7 @@ alarm_events = sa.Table(
     sa.Column("ack_user", sa.String(200)),
     sa.Column("ack_notes", sa.Text),
     sa.Column("shelved", sa.Boolean, nullable=False, default=False),
+    sa.Column("ack_code", sa.Integer),
     # cleared and acknowledged: loaded no more at start
     sa.Column("done", sa.Boolean, nullable=False, default=False, index=True),
 )
@@ -188,4 +189,48 @@ audit = sa.Table(
     sa.Column("event_ids", sa.JSON),
     sa.Column("notification_id", ID, index=True),
     sa.Column("details", sa.JSON),
+)
+
+
+# Two-way messaging: every inbound and outbound text (SMS today) per (our number, their number),
+# so conversations can be shown and replayed webhooks recognised by their provider id.
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # the provider's id (Twilio SM…) when it has one
+    sa.Column("channel", sa.String(20), nullable=False),  # "sms"
+    sa.Column("direction", sa.String(3), nullable=False),  # "in" | "out"
+    sa.Column("provider_id", sa.String(64), unique=True),  # Twilio MessageSid
+    sa.Column("account", sa.String(200)),
+    sa.Column("pool", sa.String(200)),
+    sa.Column("our_number", sa.String(40), index=True),
+    sa.Column("their_number", sa.String(40), nullable=False, index=True),
+    sa.Column("username", sa.String(200), index=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20)),
+    sa.Column("error", sa.Text),
+    sa.Column("event_ids", sa.JSON),
+    sa.Column("notification_id", ID),
+    sa.Column("created", UTCDateTime, nullable=False, index=True),
+    sa.Column("updated", UTCDateTime, nullable=False),
+    sa.Column("read", sa.Boolean, nullable=False, default=False),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+)
+
+# Numbers that opted out (STOP) of one sender pool, or of all ("*": STOPALL, or the provider said so).
+opt_outs = sa.Table(
+    "opt_outs", metadata,
+    sa.Column("id", sa.String(250), primary_key=True),  # "<number>|<scope>"
+    sa.Column("number", sa.String(40), nullable=False, index=True),
+    sa.Column("scope", sa.String(200), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),  # False once the number sent START
+    sa.Column("source", sa.String(40), nullable=False),  # "keyword" | "provider" | "admin"
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("updated", UTCDateTime, nullable=False),
+)
+
+# After a correct PIN a person may act by SMS without it until the session expires.
+pin_sessions = sa.Table(
+    "pin_sessions", metadata,
+    sa.Column("username", sa.String(200), primary_key=True),
+    sa.Column("expires", UTCDateTime, nullable=False),
 )

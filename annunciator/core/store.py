@@ -87,7 +87,7 @@ class _Batch:
 # Tables whose rows are updated later by primary key; their pending inserts are kept by key so
 # a later update in the same batch folds into the insert instead of costing a second statement.
 _KEYED = {schema.alarm_events, schema.pipeline_instances, schema.notifications, schema.shelves,
-          schema.oncall_overrides}
+          schema.oncall_overrides, schema.messages, schema.opt_outs, schema.pin_sessions}
 _FIRST = [schema.users, schema.alarm_events, schema.shelves, schema.pipeline_instances, schema.notifications]
 # every table is written: one added to schema.py is never silently left out of a batch
 _ORDER = _FIRST + [t for t in schema.metadata.sorted_tables if t not in _FIRST]

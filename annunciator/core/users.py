@@ -89,9 +89,10 @@ class PinResult:
     NO_PIN = "no-pin"
 
 
-def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None) -> str:
+def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None, *,
+              max_failures: int | None = None, lockout: timedelta | None = None) -> str:
     """Verify a PIN, counting failures; returns a PinResult value. Mutates the user's counters:
-    the caller persists them."""
+    the caller persists them. ``max_failures``/``lockout`` default to the gateway's own."""
     now = now or utcnow()
     if user.locked_until and user.locked_until > now:
         return PinResult.LOCKED
@@ -102,8 +103,8 @@ def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None) 
         user.locked_until = None
         return PinResult.OK
     user.pin_failures += 1
-    if user.pin_failures >= MAX_PIN_FAILURES:
-        user.locked_until = now + LOCKOUT
+    if user.pin_failures >= (max_failures or MAX_PIN_FAILURES):
+        user.locked_until = now + (lockout or LOCKOUT)
         user.pin_failures = 0
         return PinResult.LOCKED
     return PinResult.WRONG
