@@ -34,7 +34,7 @@ def _load(config: str | None, pm: PluginManager | None = None) -> tuple[Config, 
         raise click.ClickException(
             f"no config file: {path} (give one with -c, set ANNUNCIATOR_CONFIG, or try `annunciator demo`)")
     try:
-        return load_config(path, pm.block_types(), pm.profile_types()), pm
+        return load_config(path, pm.block_types(), pm.profile_types(), plugins=pm), pm
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
@@ -101,6 +101,8 @@ def check(config: str | None) -> None:
     when it has stale parts the gateway would skip (an override that has expired)."""
     cfg, _ = _load(config)
     s = cfg.settings
+    for where, message in cfg.notices:
+        click.echo(f"warning: {where}: {message}", err=True)
     if cfg.warnings:
         for where, message in cfg.warnings:
             click.echo(f"{cfg.path}:{where}: {message}", err=True)
@@ -368,6 +370,41 @@ def demo(data_dir: str, port: int) -> None:
     from .demo import run_demo
 
     run_demo(Path(data_dir), port)
+
+
+@main.command("twilio-emulator")
+@click.option("--port", default=8089, show_default=True, help="port on 127.0.0.1 (0: any free port)")
+@click.option("--account-sid", envvar="TWILIO_EMULATOR_ACCOUNT_SID", help="default: a new AC… SID")
+@click.option("--auth-token", envvar="TWILIO_EMULATOR_AUTH_TOKEN", help="default: a new random token")
+@click.option("--number", "numbers", multiple=True, help="a number the account owns (repeatable)")
+@click.option("--sms-url", help="where inbound SMS go: the gateway's public /twilio/sms URL")
+@click.option("--step-delay", type=float, default=0.5, show_default=True,
+              help="seconds between queued, sent and delivered")
+@click.option("--log-level", default="info", show_default=True)
+def twilio_emulator(port: int, account_sid: str | None, auth_token: str | None, numbers: tuple[str, ...],
+                    sms_url: str | None, step_delay: float, log_level: str) -> None:
+    """Run the Twilio emulator on 127.0.0.1 until interrupted, logging every message and call."""
+    import time
+
+    from .testing.twilio import DEFAULT_NUMBER, TwilioEmulator
+
+    _setup_logging(log_level)
+    tw = TwilioEmulator(account_sid=account_sid, auth_token=auth_token, numbers=numbers or (DEFAULT_NUMBER,),
+                        sms_url=sms_url, step_delay=step_delay, port=port)
+    with tw:
+        click.echo("Twilio emulator listening. Put this in the gateway's Twilio account config:")
+        click.echo(f"  account_sid: {tw.account_sid}")
+        click.echo(f"  auth_token:  {tw.auth_token}")
+        click.echo(f"  api_base:    {tw.base_url}")
+        click.echo(f"  numbers:     {', '.join(tw.numbers)}")
+        click.echo(f"  messaging_service_sid: {tw.messaging_service_sid}")
+        click.echo("Inbound SMS go to: " + (sms_url or "(nowhere: give --sms-url)"))
+        click.echo("Ctrl-C to stop.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            click.echo("stopped")
 
 
 @main.group()

@@ -51,7 +51,7 @@ def test_nobody_on_call_uses_the_pipelines_fallback_roster(gateway_config, pipel
     told = story(gw, event["id"])
     [why] = [t["why"] for t in told["trace"] if t["action"] == "nobody-on-call"]
     assert why == "nobody on call in roster operators; using the pipeline's fallback roster managers"
-    assert [a["code"] for a in told["audit"]][0] == "NobodyOnCall"
+    assert next(a["code"] for a in told["audit"]) == "NobodyOnCall"
 
 
 def test_runtime_override_changes_who_is_paged_and_ends(gateway_config, pipeline_gateway, webhook_receiver):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -51,6 +51,16 @@ class _NotifySettings(BlockSettings):
         return self
 
 
+class Keyword(StrictModel):
+    """A reply word for the people this block notifies (e.g. ``ONSITE``): logs its event code,
+    runs its action, answers with its reply."""
+
+    code: str = Field("SMSKeyword", min_length=1, max_length=60)
+    action: Literal["none", "ack", "shelve"] = "none"
+    reply: str = ""
+    minutes: float = Field(60.0, gt=0)  # for shelve
+
+
 class NotificationBlock(Block):
     """Send the event to the on-call people of a roster through one or more profiles.
 
@@ -67,6 +77,7 @@ class NotificationBlock(Block):
     class Settings(_NotifySettings):
         roster: str
         consolidation: ConsolidationSettings | None = None
+        keywords: dict[str, Keyword] = {}
 
     def enter(self, ctx: BlockContext) -> Next | Wait:
         s = self.settings

@@ -159,6 +159,8 @@ class UserSettings(StrictModel):
     schedule: str | None = None
     # how this person is reached when a block names several profiles (see ChannelSettings)
     channels: ChannelSettings | None = None
+    # extra rights beyond acknowledging: "shelve" (put sources on test by SMS)
+    permissions: list[Literal["shelve"]] = []
 
     @field_validator("pin")
     @classmethod
@@ -276,6 +278,10 @@ class Config:
     settings: FileSettings
     # parts the gateway runs without but `annunciator check` refuses (an expired override)
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    # things to say loudly at start and in `annunciator check`, without refusing the config
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    # plugin-owned top-level sections (annunciator_config_sections), validated
+    sections: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, BaseModel] = field(default_factory=dict)
     pipelines: dict[str, Any] = field(default_factory=dict)
     # schedules, holidays, rosters and config overrides, built by core.oncall.check_oncall
@@ -429,8 +435,10 @@ def load_config(
     block_types: Mapping[str, Any],
     profile_types: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
+    plugins: Any = None,
 ) -> Config:
-    """Read and fully validate a config; raise ConfigError listing every problem found."""
+    """Read and fully validate a config; raise ConfigError listing every problem found.
+    ``plugins`` (a PluginManager) adds plugin-owned sections and whole-config checks."""
     env = os.environ if env is None else env
     path: Path | None = None
     lines: dict[str, int] = {}
@@ -446,11 +454,19 @@ def load_config(
     # a section written with nothing under it (`pipelines:`) means an empty one
     raw = {k: ({} if v is None and k != "alarms" else [] if v is None else v) for k, v in raw.items()}
     data, problems = expand_env(raw, env)
+    section_types = plugins.config_sections() if plugins is not None else {}
+    sections: dict[str, Any] = {}
+    for name, model in section_types.items():
+        body = data.pop(name, None)
+        try:
+            sections[name] = model.model_validate(body if body is not None else {})
+        except ValidationError as exc:
+            problems += pydantic_problems(exc, name)
     try:
         settings = FileSettings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(problems + pydantic_problems(exc), file, lines) from exc
-    config = Config(path=path, settings=settings)
+    config = Config(path=path, settings=settings, sections=sections)
 
     problems += _check_profiles(config, profile_types)
     problems += _check_references(config)
@@ -463,6 +479,8 @@ def load_config(
     pipelines, pipeline_problems = build_pipelines(settings.pipelines, block_types, config)
     problems += pipeline_problems
     config.pipelines = pipelines
+    if plugins is not None and not problems:
+        problems += plugins.check_config(config)
     if problems:
         raise ConfigError(problems, file, lines)
     return config

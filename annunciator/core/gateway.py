@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import heapq
 import inspect
 import logging
 from collections.abc import Iterable
@@ -84,12 +85,17 @@ class Gateway:
         self.delivery = Delivery(self)
         self.tags = TagProvider()
         self.events: dict[str, AlarmEvent] = {}   # every event not yet cleared-and-acknowledged
+        self.by_code: dict[int, AlarmEvent] = {}  # ack code -> open event
+        self._code_top = 0
+        self._freed_codes: list[int] = []
         self.current: dict[str, AlarmEvent] = {}  # source -> its active event
         self.shelves: dict[str, dict[str, Any]] = {}
         self.users: dict[str, User] = {}
         self.users_by_id: dict[int, User] = {}
         self.profiles: dict[str, NotificationProfile] = {}
         self.secret = b""
+        # per-gateway state of plugins (e.g. "twilio": the accounts the SMS and voice plugins share)
+        self.extensions: dict[str, Any] = {}
         self.started = False
         self._tags_pending = False
         types = plugins.profile_types()
@@ -116,6 +122,8 @@ class Gateway:
                 await result
         for where, message in self.config.warnings:
             log.warning("config %s: %s (skipped)", where, message)
+        for where, message in self.config.notices:
+            log.warning("config %s: %s", where, message)
         self.started = True
         log.info("gateway %s started: %d pipelines, %d profiles, %d users, %d open events, %d running instances",
                  self.config.gateway.name, len(self.pipelines), len(self.profiles), len(self.users),
@@ -217,8 +225,12 @@ class Gateway:
         for row in events:
             event = _event_from_row(row)
             self.events[event.id] = event
+            if event.ack_code is not None and not event.done:
+                self.by_code[event.ack_code] = event
             if event.active:
                 self.current[event.source] = event
+        self._code_top = max(self.by_code, default=0)
+        self._freed_codes = [c for c in range(1, self._code_top) if c not in self.by_code]
         for row in shelves:
             self.shelves[row["source"]] = row
             if row["expires_at"] > now:
@@ -308,6 +320,8 @@ class Gateway:
                 out.append((existing, False))
                 continue
             event = self._new_event(spec)
+            event.ack_code = self._free_ack_code()
+            self.by_code[event.ack_code] = event
             self.events[event.id] = event
             self.current[event.source] = event
             self.store.insert(schema.alarm_events, _event_row(event))
@@ -485,8 +499,26 @@ class Gateway:
 
     def forget_if_done(self, event: AlarmEvent) -> None:
         """Drop a cleared-and-acknowledged event from memory once no pipeline carries it."""
-        if event.done and not self.engine.by_event.get(event.id):
-            self.events.pop(event.id, None)
+        if event.done:
+            # its ack code is free again: nobody can act on a finished event
+            if event.ack_code is not None and self.by_code.get(event.ack_code) is event:
+                del self.by_code[event.ack_code]
+                heapq.heappush(self._freed_codes, event.ack_code)
+            if not self.engine.by_event.get(event.id):
+                self.events.pop(event.id, None)
+
+    def _free_ack_code(self) -> int:
+        """The smallest code no open event uses, so codes stay short to type (a heap of freed
+        codes over a high-water mark: a flood of 1,000 alarms must not scan 1,000 codes each)."""
+        while self._freed_codes:
+            code = heapq.heappop(self._freed_codes)
+            if code not in self.by_code and code <= self._code_top:
+                return code
+        self._code_top += 1
+        return self._code_top
+
+    def event_by_code(self, code: int) -> AlarmEvent | None:
+        return self.by_code.get(code)
 
     # --- notifying ------------------------------------------------------------------------
 
@@ -684,7 +716,7 @@ def _event_row(e: AlarmEvent) -> dict[str, Any]:
             "ack_mode": str(e.ack_mode), "ack_notes_required": e.ack_notes_required,
             "properties": e.properties, "pipelines": e.pipelines, "active_time": e.active_time,
             "clear_time": e.clear_time, "ack_time": e.ack_time, "ack_user": e.ack_user,
-            "ack_notes": e.ack_notes, "shelved": e.shelved, "done": e.done}
+            "ack_notes": e.ack_notes, "shelved": e.shelved, "done": e.done, "ack_code": e.ack_code}
 
 
 def _event_from_row(r: dict[str, Any]) -> AlarmEvent:
@@ -694,7 +726,7 @@ def _event_from_row(r: dict[str, Any]) -> AlarmEvent:
         ack_mode=AckMode(r["ack_mode"]), ack_notes_required=r["ack_notes_required"],
         properties=r["properties"] or {}, pipelines=r["pipelines"] or {}, active_time=r["active_time"],
         clear_time=r["clear_time"], ack_time=r["ack_time"], ack_user=r["ack_user"], ack_notes=r["ack_notes"],
-        shelved=r["shelved"])
+        shelved=r["shelved"], ack_code=r["ack_code"])
 
 
 def _instance_summary(row: dict[str, Any]) -> dict[str, Any]:

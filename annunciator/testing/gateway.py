@@ -67,7 +67,7 @@ class RunningGateway:
         pm = default_manager(self.env)
         for p in self.extra_plugins:
             pm.register(p)
-        config = load_config(self.config_path, pm.block_types(), pm.profile_types(), env=self.env)
+        config = load_config(self.config_path, pm.block_types(), pm.profile_types(), env=self.env, plugins=pm)
         self.gateway = Gateway(config, pm)
         http = config.gateway.http
         self.url = f"http://{http.host}:{http.port}"

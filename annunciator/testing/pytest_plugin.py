@@ -6,6 +6,8 @@
 * ``gateway_config``: a minimal config dict (webhook profile to the receiver, users, rosters)
   for a test to add pipelines to.
 * ``start_gateway(config)``: writes the config and serves a gateway on real HTTP; stopped after.
+* ``twilio_emulator``: a loopback Twilio (``annunciator.testing.twilio``); with
+  ``ANNUNCIATOR_TWILIO_CONTRACT=1`` Prism sits in front and ``tw.api_base`` is Prism's URL.
 """
 
 from __future__ import annotations
@@ -53,6 +55,48 @@ def annunciator_database_url(tmp_path: Path) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _twilio_contract_stack() -> Iterator[Any]:
+    """One emulator behind one Prism for the whole session (Prism takes seconds to start)."""
+    from .prism import PrismProxy, contract_enabled
+    from .twilio import TwilioEmulator
+
+    if not contract_enabled():
+        yield None
+        return
+    with TwilioEmulator() as tw, PrismProxy(tw.base_url) as prism:
+        tw.api_base = prism.url
+        yield tw, prism
+
+
+@pytest.fixture
+def twilio_emulator(_twilio_contract_stack: Any) -> Iterator[Any]:
+    """A running TwilioEmulator; build clients with ``tw.client()`` so they honour ``tw.api_base``.
+
+    In the contract pass the shared emulator is reset before each test, and a test fails if Prism
+    logged a violation during it (even one the code under test caught). ``tw.prism`` is the
+    PrismProxy then, None otherwise.
+    """
+    from .twilio import TwilioEmulator
+
+    if _twilio_contract_stack is None:
+        with TwilioEmulator() as tw:
+            tw.prism = None
+            yield tw
+        return
+    tw, prism = _twilio_contract_stack
+    tw.reset()
+    prism.take_violations(settle=0)
+    tw.prism = prism
+    try:
+        yield tw
+    finally:
+        tw.reset()
+    problems = prism.take_violations()
+    if problems:
+        pytest.fail("Twilio contract violations reported by Prism:\n  " + "\n  ".join(problems), pytrace=False)
 
 
 @pytest.fixture

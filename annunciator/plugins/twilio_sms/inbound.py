@@ -1,0 +1,349 @@
+"""Inbound SMS webhooks: replies that acknowledge by PIN, commands, opt-out, and delivery reports.
+
+Every request must carry a valid ``X-Twilio-Signature`` for the gateway's public URL, or it is
+answered 403 and changes nothing. A replayed ``MessageSid`` is answered and changes nothing twice.
+Replies are TwiML ``<Response><Message>``; the number of help/error replies a number gets is
+bounded, so two robots cannot text each other forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from twilio.twiml.messaging_response import MessagingResponse
+
+from annunciator.core import schema
+from annunciator.core.alarms import AlarmEvent
+from annunciator.core.audit import Code
+from annunciator.core.errors import Conflict, Invalid, NotFound
+from annunciator.core.users import PinResult, User, check_pin
+from annunciator.plugins.twilio.service import twilio_service
+
+from .replies import Reply, parse_reply
+from .state import ALL_POOLS, SmsState, pool_key, sms_state
+
+if TYPE_CHECKING:
+    from annunciator.core.gateway import Gateway
+
+    from .profile import TwilioSmsProfile
+
+log = logging.getLogger(__name__)
+
+HELP_TEXT = ("Reply with your PIN to acknowledge the last alarm; ACK 12 PIN for alarm #12; ACK ALL PIN; "
+             "STATUS; STOP to opt out.")
+HELP_SHELVE = " TEST source minutes / UNTEST source to put a source on test."
+UNKNOWN_SENDER = "This number is not registered with the alarm system."
+FORM = "application/x-www-form-urlencoded"
+
+
+def _twiml(text: str | None) -> Response:
+    r = MessagingResponse()
+    if text:
+        r.message(text)
+    return Response(str(r), media_type="text/xml")
+
+
+class InboundSms:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def routes(self) -> list[Route]:
+        return [Route("/twilio/sms", self.inbound, methods=["POST"]),
+                Route("/twilio/sms/status", self.status, methods=["POST"])]
+
+    async def _verified_form(self, request: Request) -> dict[str, str] | Response:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
+            return Response("expected a form-encoded Twilio webhook\n", status_code=415)
+        form = await request.form()
+        params = {k: str(v) for k, v in form.items()}
+        service = twilio_service(self.gateway)
+        await service.start()
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if not service.signature_ok(path, params, request.headers.get("x-twilio-signature")):
+            log.warning("refused %s from %s: missing or wrong X-Twilio-Signature", request.url.path,
+                        request.client.host if request.client else "?")
+            return Response("invalid signature\n", status_code=403)
+        return params
+
+    # --- delivery reports -----------------------------------------------------------------
+
+    async def status(self, request: Request) -> Response:
+        params = await self._verified_form(request)
+        if isinstance(params, Response):
+            return params
+        sid, status = params.get("MessageSid"), params.get("MessageStatus") or params.get("SmsStatus")
+        if not sid or not status:
+            return Response("MessageSid and MessageStatus are required\n", status_code=400)
+        code = params.get("ErrorCode") or None
+        error = f"Twilio error {code}" if code else None
+        state = sms_state(self.gateway)
+        state.update_status(sid, status, error)
+        if code == "21610" and params.get("To"):
+            state.set_opt_out(params["To"], ALL_POOLS, True, "provider")
+        await self.gateway.delivery.delivery_status(sid, status, error)
+        await self.gateway.store.commit()
+        return Response(status_code=204)
+
+    # --- inbound messages -----------------------------------------------------------------
+
+    async def inbound(self, request: Request) -> Response:
+        params = await self._verified_form(request)
+        if isinstance(params, Response):
+            return params
+        missing = [k for k in ("MessageSid", "From", "To") if not params.get(k)]
+        if missing or "Body" not in params:
+            return Response(f"missing {', '.join(missing or ['Body'])}\n", status_code=400)
+        gw = self.gateway
+        state = sms_state(gw)
+        await state.load()
+        sid, their, our, body = params["MessageSid"], params["From"], params["To"], params["Body"]
+        if state.seen_before(sid) or await self._stored(sid):
+            return _twiml(None)  # a replay: answered, nothing done twice
+        profile = self._profile_for(our)
+        user = self._user_by_number(their)
+        service = twilio_service(gw)
+        account = service.owner_of(our)
+        pool = service.pool_of(account, our) if account else None
+        state.record("in", our=our, their=their, body=body, sid=sid, username=user.username if user else None,
+                     status="received", account=account.name if account else None, pool=pool)
+        gw.audit.record(Code.SMS_REPLY, user=user.username if user else None,
+                        channel=profile.name if profile else "sms", contact=their, text=body[:1600],
+                        details={"messageSid": sid, "to": our})
+        reply = parse_reply(body)
+        text = await Conversation(gw, state, profile, user, their, our, pool_key(account.name if account else None,
+                                                                                 pool)).answer(reply)
+        if text:
+            state.record("out", our=our, their=their, body=text, username=user.username if user else None,
+                         status="twiml", account=account.name if account else None, pool=pool)
+        await gw.store.commit()
+        return _twiml(text)
+
+    async def _stored(self, sid: str) -> bool:
+        m = schema.messages
+        row = await self.gateway.store.read(lambda c: c.execute(sa.select(m.c.id).where(m.c.id == sid)).first())
+        return row is not None
+
+    def _profile_for(self, our: str) -> TwilioSmsProfile | None:
+        from .profile import TwilioSmsProfile
+
+        service = twilio_service(self.gateway)
+        owner = service.owner_of(our)
+        candidates = [p for p in self.gateway.profiles.values() if isinstance(p, TwilioSmsProfile)]
+        for p in candidates:
+            if owner is not None and service.account(p.sms.account) is owner:
+                return p
+        return candidates[0] if candidates else None
+
+    def _user_by_number(self, number: str) -> User | None:
+        for user in self.gateway.users.values():
+            if number in user.contacts.get("sms", []) or number in user.contacts.get("phone", []):
+                return user
+        return None
+
+
+class Conversation:
+    """One inbound message from one number, and what to answer."""
+
+    def __init__(self, gateway: Gateway, state: SmsState, profile: TwilioSmsProfile | None, user: User | None,
+                 their: str, our: str, scope: str):
+        self.gw, self.state, self.profile, self.user = gateway, state, profile, user
+        self.their, self.our, self.scope = their, our, scope
+        self.settings: Any = profile.sms if profile is not None else None
+
+    def _bounded(self, text: str) -> str | None:
+        """A help or error answer, unless this number has had its share since it last did something valid."""
+        limit = self.settings.max_error_replies if self.settings is not None else 5
+        if self.state.error_replies[self.their] >= limit:
+            return None
+        self.state.error_replies[self.their] += 1
+        return text
+
+    def _valid(self, text: str) -> str:
+        self.state.error_replies.pop(self.their, None)
+        return text
+
+    async def answer(self, reply: Reply) -> str | None:
+        if reply.kind in ("stop", "stopall"):
+            scope = ALL_POOLS if reply.kind == "stopall" else self.scope
+            self.state.set_opt_out(self.their, scope, True, "keyword")
+            self.gw.audit.record("OptOut", user=self._name, contact=self.their, text=reply.text,
+                                 details={"scope": scope})
+            return None  # Twilio itself confirms opt-out and opt-in keywords
+        if reply.kind == "start":
+            self.state.opt_in_everywhere(self.their)
+            self.gw.audit.record("OptIn", user=self._name, contact=self.their, text=reply.text)
+            return None
+        if self.user is None:
+            self.gw.audit.record("SMSUnknownSender", contact=self.their, text=reply.text)
+            if self.settings is None or self.settings.unknown_senders == "ignore":
+                return None
+            if self.state.error_replies[self.their] >= 1:
+                return None
+            self.state.error_replies[self.their] += 1
+            return UNKNOWN_SENDER
+        if reply.kind == "help":
+            return self._bounded(HELP_TEXT + (HELP_SHELVE if self._may_shelve else ""))
+        if reply.kind == "pin":
+            return await self._with_pin(reply.pin, lambda: self._ack(self._latest_events(), reply.note))
+        if reply.kind == "ack":
+            events = self._events_for(reply)
+            return await self._with_pin(reply.pin, lambda: self._ack(events, reply.note), reply)
+        if reply.kind == "status":
+            return await self._with_pin(reply.pin, self._status, reply)
+        if reply.kind in ("test", "untest"):
+            if not self._may_shelve:
+                return self._bounded(f"{reply.kind.upper()} needs the shelve permission.")
+            return await self._with_pin(reply.pin, lambda: self._shelve(reply), reply)
+        return await self._keyword(reply)
+
+    @property
+    def _name(self) -> str | None:
+        return self.user.username if self.user else None
+
+    @property
+    def _may_shelve(self) -> bool:
+        us = self.gw.config.settings.users.get(self._name or "")
+        return us is not None and "shelve" in us.permissions
+
+    async def _with_pin(self, pin: str | None, action: Any, reply: Reply | None = None) -> str | None:
+        assert self.user is not None
+        if pin is None:
+            if self.state.in_session(self.user.username):
+                return self._valid(await action())
+            return self._bounded("Send your PIN with it, e.g. " + (
+                f"{reply.text.strip().split()[0].upper()} ... PIN" if reply else "1234") + ".")
+        s = self.settings
+        result = check_pin(self.user, self.gw.secret, pin, max_failures=s.pin_failures if s else None,
+                           lockout=timedelta(seconds=s.pin_lockout) if s else None)
+        self.gw.save_user(self.user)
+        if result == PinResult.OK:
+            self.gw.audit.record(Code.REPLY_WITH_PIN, user=self.user.username, contact=self.their,
+                                 channel=self.profile.name if self.profile else "sms", text="PIN accepted")
+            if s is not None:
+                self.state.open_session(self.user.username, s.pin_session)
+            return self._valid(await action())
+        if result == PinResult.LOCKED:
+            self.gw.audit.record("PinLockout", user=self.user.username, contact=self.their,
+                                 text=f"locked until {self.user.locked_until:%H:%M} UTC" if self.user.locked_until
+                                 else "locked")
+            until = f" until {self.user.locked_until:%H:%M} UTC" if self.user.locked_until else ""
+            return self._bounded(f"Too many wrong PINs: locked{until}.")
+        if result == PinResult.NO_PIN:
+            return self._bounded("No PIN is set for you; ask an administrator.")
+        self.gw.audit.record("PinRejected", user=self.user.username, contact=self.their, text="wrong PIN")
+        return self._bounded("Wrong PIN.")
+
+    # --- actions --------------------------------------------------------------------------
+
+    def _latest_events(self) -> list[AlarmEvent]:
+        latest = self.state.latest.get(self._name or "")
+        if latest is None:
+            return []
+        return [e for i in latest.event_ids if (e := self.gw.events.get(i)) is not None]
+
+    def _events_for(self, reply: Reply) -> list[AlarmEvent] | str:
+        if reply.all or not reply.codes:
+            return self._latest_events() if not reply.all else self._all_notified()
+        events: list[AlarmEvent] = []
+        unknown = []
+        for code in reply.codes:
+            event = self.gw.event_by_code(code)
+            if event is None:
+                unknown.append(f"#{code}")
+            else:
+                events.append(event)
+        if unknown:
+            return f"No open alarm {' '.join(unknown)}."
+        return events
+
+    def _all_notified(self) -> list[AlarmEvent]:
+        """ACK ALL: every open, unacknowledged alarm this person has been sent by SMS."""
+        ids = set(self.state.notified.get(self._name or "", ()))
+        ids.update(e.id for e in self._latest_events())
+        return [e for i in ids if (e := self.gw.events.get(i)) is not None and not e.acknowledged]
+
+    async def _ack(self, events: list[AlarmEvent] | str, note: str) -> str:
+        assert self.user is not None
+        if isinstance(events, str):
+            return events
+        if not events:
+            return "Nothing to acknowledge."
+        done = [e for e in events if e.acknowledged]
+        todo = [e for e in events if not e.acknowledged]
+        needs_note = [e for e in todo if e.ack_notes_required and not note.strip()]
+        if needs_note:
+            codes = " ".join(f"#{e.ack_code}" for e in needs_note)
+            return f"{codes} needs a note: ACK {needs_note[0].ack_code} PIN your note."
+        parts = []
+        if todo:
+            try:
+                await self.gw.acknowledge([e.id for e in todo], self.user.username, note or "acknowledged by SMS",
+                                          via="sms")
+            except (Conflict, Invalid, NotFound) as exc:
+                return f"Not acknowledged: {exc}"
+            parts.append("Acknowledged " + ", ".join(_short(e) for e in todo) + ".")
+        for e in done:
+            when = f" at {e.ack_time:%H:%M} UTC" if e.ack_time else ""
+            parts.append(f"#{e.ack_code} already acknowledged by {e.ack_user or 'someone'}{when}.")
+        return " ".join(parts)
+
+    async def _status(self) -> str:
+        limit = self.settings.status_limit if self.settings is not None else 5
+        open_ = self.gw.query_status(state="unacked")
+        if not open_:
+            return "No unacknowledged alarms."
+        listed = "; ".join(_short(e) for e in open_[:limit])
+        more = f" (+{len(open_) - limit} more)" if len(open_) > limit else ""
+        return f"{len(open_)} unacknowledged: {listed}{more}"
+
+    async def _shelve(self, reply: Reply) -> str:
+        assert self.user is not None and reply.source is not None
+        if reply.kind == "test":
+            minutes = reply.minutes or 60
+            try:
+                expires = await self.gw.shelve([reply.source], minutes, self.user.username, "on test (SMS)")
+            except Invalid as exc:
+                return str(exc)
+            return f"{reply.source} on test until {expires:%H:%M} UTC."
+        try:
+            await self.gw.unshelve([reply.source], self.user.username, "test ended (SMS)")
+        except NotFound as exc:
+            return str(exc)
+        return f"{reply.source} is back in service."
+
+    async def _keyword(self, reply: Reply) -> str | None:
+        """Keywords of the block that sent the person's latest alarm; other text is only logged."""
+        latest = self.state.latest.get(self._name or "")
+        keywords = self._keywords(latest.pipeline, latest.block) if latest else {}
+        word = reply.text.strip().split()[0].upper() if reply.text.strip() else ""
+        k = keywords.get(word)
+        if k is None:
+            return self._bounded("Not understood. Reply HELP for help.")
+        self.gw.audit.record(k.code, user=self._name, contact=self.their, text=reply.text,
+                             event_ids=latest.event_ids if latest else None)
+        if k.action in ("ack", "shelve") and not self.state.in_session(self._name or ""):
+            return self._bounded(f"Send your PIN first, then {word}.")
+        if k.action == "ack":
+            return self._valid(k.reply or await self._ack(self._latest_events(), reply.text))
+        if k.action == "shelve":
+            for e in self._latest_events():
+                await self.gw.shelve([e.source], k.minutes, self._name, f"keyword {word} (SMS)")
+        self._valid("")
+        return k.reply or None
+
+    def _keywords(self, pipeline: str | None, block: str | None) -> dict[str, Any]:
+        p = self.gw.pipelines.get(pipeline or "")
+        if p is None or block not in p._by_name:
+            return {}
+        settings = p.blocks[p.index_of(block)].settings
+        return {k.upper(): v for k, v in (getattr(settings, "keywords", None) or {}).items()}
+
+
+def _short(e: AlarmEvent) -> str:
+    return f"#{e.ack_code} {e.display_path or e.source}"

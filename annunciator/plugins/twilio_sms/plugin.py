@@ -1,0 +1,45 @@
+"""The Twilio SMS plugin: the ``twilio-sms`` profile and the inbound SMS webhooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from annunciator import hookimpl
+from annunciator.core.config import Config
+
+from .inbound import InboundSms
+from .profile import TwilioSmsProfile
+from .text import non_gsm
+
+
+@hookimpl
+def annunciator_profile_types() -> list[type[TwilioSmsProfile]]:
+    return [TwilioSmsProfile]
+
+
+@hookimpl
+def annunciator_routes(gateway: Any) -> list[Any]:
+    return InboundSms(gateway).routes()
+
+
+@hookimpl
+def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
+    """Warn about message templates that would go out as UCS-2 (70 characters a segment, not 160)."""
+    sms = {name for name, raw in config.settings.profiles.items() if raw.get("type") == TwilioSmsProfile.type_name}
+    smart = {name for name in sms if getattr(config.profiles.get(name), "smart_encoding", False)}
+    for pname, pipeline in config.pipelines.items():
+        for block in pipeline.blocks:
+            profiles = getattr(block.settings, "profiles", [])
+            used = [p for p in profiles if p in sms]
+            if not used:
+                continue
+            from .text import smart_encode
+
+            message = block.settings.message
+            chars = non_gsm(smart_encode(message) if all(p in smart for p in used) else message)
+            if chars:
+                shown = " ".join(repr(c) for c in chars[:5])
+                config.notices.append((f"pipelines.{pname}.blocks[{block.index}].message",
+                                       f"characters {shown} make SMS UCS-2: 70 characters a segment instead of "
+                                       "160"))
+    return []

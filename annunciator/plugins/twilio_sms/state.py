@@ -1,0 +1,160 @@
+"""What the SMS side remembers: conversations, opt-outs, PIN sessions, who was last notified of
+what, and message counts. Everything that must survive a restart is stored; the rest is rebuilt
+from the stored rows at start."""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from annunciator.core import schema
+from annunciator.core.alarms import new_id, utcnow
+
+if TYPE_CHECKING:
+    from annunciator.core.gateway import Gateway
+
+ALL_POOLS = "*"
+_SEEN_SIDS = 10_000  # replayed webhooks come within minutes; older ones are found in the table
+
+
+@dataclass
+class Latest:
+    """The last alarm notification sent to a person by SMS: a bare PIN acknowledges these."""
+
+    event_ids: list[str]
+    notification_id: str | None
+    pipeline: str | None
+    block: str | None
+    our_number: str
+
+
+class SmsState:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.opted: dict[tuple[str, str], bool] = {}  # (number, scope) -> opted out now
+        self.sessions: dict[str, datetime] = {}  # username -> PIN session end
+        self.greeted: set[tuple[str, str]] = set()  # (pool key, number) that had a first message
+        self.last_sender: dict[str, str] = {}  # their number -> our number it last heard from
+        self.latest: dict[str, Latest] = {}
+        self.notified: dict[str, set[str]] = {}  # username -> events sent to them (ACK ALL)
+        self.error_replies: Counter[str] = Counter()  # their number -> help/error replies since a valid one
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.sent: Counter[str] = Counter()  # username ("" for unknown) -> messages sent
+        self.received: Counter[str] = Counter()
+        self.loaded = False
+
+    async def load(self) -> None:
+        if self.loaded:
+            return
+        m, o, ps, n = schema.messages, schema.opt_outs, schema.pin_sessions, schema.notifications
+
+        def read(conn: sa.Connection) -> dict[str, Any]:
+            return {
+                "opt": conn.execute(sa.select(o.c.number, o.c.scope, o.c.active)).all(),
+                "sessions": conn.execute(sa.select(ps.c.username, ps.c.expires)).all(),
+                "pairs": conn.execute(sa.select(m.c.pool, m.c.account, m.c.their_number, m.c.our_number,
+                                                sa.func.max(m.c.created))
+                                      .where(m.c.direction == "out", m.c.channel == "sms")
+                                      .group_by(m.c.pool, m.c.account, m.c.their_number, m.c.our_number)).all(),
+                "counts": conn.execute(sa.select(m.c.direction, m.c.username, sa.func.count())
+                                       .where(m.c.channel == "sms")
+                                       .group_by(m.c.direction, m.c.username)).all(),
+                "latest": conn.execute(sa.select(m.c.username, m.c.event_ids, m.c.notification_id, m.c.our_number,
+                                                 n.c.pipeline, n.c.block, m.c.created)
+                                       .join(n, n.c.id == m.c.notification_id)
+                                       .where(m.c.direction == "out", m.c.channel == "sms")
+                                       .order_by(m.c.created)).all(),
+            }
+
+        data = await self.gateway.store.read(read)
+        self.opted = {(num, scope): active for num, scope, active in data["opt"]}
+        self.sessions = dict(data["sessions"])
+        for pool, account, their, our, _ in sorted(data["pairs"], key=lambda r: r[4]):
+            self.greeted.add((pool_key(account, pool), their))
+            self.last_sender[their] = our
+        for direction, username, count in data["counts"]:
+            (self.sent if direction == "out" else self.received)[username or ""] += count
+        for username, event_ids, nid, our, pipeline, block, _ in data["latest"]:
+            if username:
+                self.latest[username] = Latest(list(event_ids or []), nid, pipeline, block, our)
+        self.loaded = True
+
+    # --- opt-out --------------------------------------------------------------------------
+
+    def opted_out(self, number: str, scope: str) -> bool:
+        return self.opted.get((number, ALL_POOLS), False) or self.opted.get((number, scope), False)
+
+    def set_opt_out(self, number: str, scope: str, active: bool, source: str) -> None:
+        key = (number, scope)
+        now = utcnow()
+        row_id = f"{number}|{scope}"
+        if key in self.opted:
+            self.gateway.store.update(schema.opt_outs, row_id, {"active": active, "source": source, "updated": now})
+        else:
+            self.gateway.store.insert(schema.opt_outs, {"id": row_id, "number": number, "scope": scope,
+                                                        "active": active, "source": source, "created": now,
+                                                        "updated": now})
+        self.opted[key] = active
+
+    def opt_in_everywhere(self, number: str) -> None:
+        for (num, scope), active in list(self.opted.items()):
+            if num == number and active:
+                self.set_opt_out(num, scope, False, "keyword")
+
+    # --- PIN sessions ---------------------------------------------------------------------
+
+    def in_session(self, username: str) -> bool:
+        end = self.sessions.get(username)
+        return end is not None and end > utcnow()
+
+    def open_session(self, username: str, length: float) -> None:
+        end = utcnow() + timedelta(seconds=length)
+        if username in self.sessions:
+            self.gateway.store.update(schema.pin_sessions, username, {"expires": end})
+        else:
+            self.gateway.store.insert(schema.pin_sessions, {"username": username, "expires": end})
+        self.sessions[username] = end
+
+    # --- conversations --------------------------------------------------------------------
+
+    def seen_before(self, sid: str) -> bool:
+        if sid in self.seen:
+            return True
+        self.seen[sid] = None
+        if len(self.seen) > _SEEN_SIDS:
+            self.seen.popitem(last=False)
+        return False
+
+    def record(self, direction: str, *, our: str | None, their: str, body: str, sid: str | None = None,
+               username: str | None = None, status: str | None = None, account: str | None = None,
+               pool: str | None = None, event_ids: list[str] | None = None,
+               notification_id: str | None = None, error: str | None = None) -> str:
+        now = utcnow()
+        row_id = sid or new_id()
+        self.gateway.store.insert(schema.messages, {
+            "id": row_id, "channel": "sms", "direction": direction, "provider_id": sid, "account": account,
+            "pool": pool, "our_number": our, "their_number": their, "username": username, "body": body,
+            "status": status, "error": error, "event_ids": event_ids or [], "notification_id": notification_id,
+            "created": now, "updated": now, "read": direction == "out", "deleted": False})
+        (self.sent if direction == "out" else self.received)[username or ""] += 1
+        if direction == "out" and our:
+            self.last_sender[their] = our
+        return row_id
+
+    def update_status(self, sid: str, status: str, error: str | None) -> None:
+        self.gateway.store.update(schema.messages, sid, {"status": status, "error": error, "updated": utcnow()})
+
+
+def pool_key(account: str | None, pool: str | None) -> str:
+    return f"{account or ''}/{pool or ''}"
+
+
+def sms_state(gateway: Gateway) -> SmsState:
+    state = gateway.extensions.get("twilio_sms")
+    if state is None:
+        state = gateway.extensions["twilio_sms"] = SmsState(gateway)
+    return state

@@ -1,0 +1,206 @@
+"""The Twilio SMS profile end to end: the official client -> (Prism ->) the emulator -> a phone,
+and the phone's replies back through signed webhooks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+from conftest import raise_alarm, story
+
+from annunciator.testing.gateway import RunningGateway
+
+pytestmark = pytest.mark.twilio
+
+MARIA, LI = "+15550100001", "+15550100002"
+
+
+@pytest.fixture
+def sms_gateway(gateway_config, start_gateway, twilio_emulator):
+    """Start a gateway whose 'sms' profile sends through the emulator; returns (gateway, emulator)."""
+    tw = twilio_emulator
+
+    def start(pipelines: dict[str, Any] | None = None, *, sms: dict[str, Any] | None = None,
+              account: dict[str, Any] | None = None) -> RunningGateway:
+        port = gateway_config["gateway"]["http"]["port"]
+        base = f"http://127.0.0.1:{port}"
+        gateway_config["gateway"]["external_url"] = base
+        tw.sms_url = f"{base}/twilio/sms"
+        gateway_config["twilio"] = {"accounts": {"main": {
+            "account_sid": tw.account_sid, "auth_token": tw.auth_token, "api_base": tw.api_base,
+            "numbers": tw.numbers, "rate_limit": 0, **(account or {})}}}
+        gateway_config["profiles"]["sms"] = {"type": "twilio-sms", **(sms or {})}
+        gateway_config["pipelines"] = pipelines or {"page": {"blocks": [
+            {"type": "notification", "roster": "operators", "profile": "sms",
+             "message": "{priority} {displayPath}: {name}"}]}}
+        return start_gateway(gateway_config)
+
+    return start
+
+
+def alarm(gw: RunningGateway, event_id: str) -> dict[str, Any]:
+    return gw.client.get(f"/api/alarms/{event_id}").json()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_alarm_by_sms_acknowledged_by_replying_the_pin(sms_gateway, twilio_emulator):
+    gw = sms_gateway()
+    phone = twilio_emulator.phone(MARIA)
+    event = raise_alarm(gw, "plant/pump1", "page", displayPath="Plant/Pump 1", name="Pump 1 tripped",
+                        priority="High")
+    sms = phone.expect_sms(contains="High Plant/Pump 1: Pump 1 tripped")
+    assert f"[#{event['ackCode']}]" in sms.body
+    assert "Reply HELP for help, STOP to opt out" in sms.body  # the first message from this sender
+
+    answer = phone.reply("1234")
+    confirmation = phone.expect_sms(contains="Acknowledged")
+    assert f"#{event['ackCode']} Plant/Pump 1" in confirmation.body
+    assert answer.replies == [confirmation.body] or confirmation.body in str(answer)
+    now = alarm(gw, event["id"])
+    assert now["acknowledged"] is True and now["ackUser"] == "maria"
+
+    told = story(gw, event["id"])
+    assert told["instances"][0]["status"] in ("done", "dropped")
+    codes = [a["code"] for a in gw.client.get("/api/audit").json()["audit"]]
+    assert {"NotificationSent", "SMSReply", "ReplyWithPIN", "Acknowledged"} <= set(codes)
+    [ack_entry] = [a for a in gw.client.get("/api/audit", params={"code": "Acknowledged"}).json()["audit"]]
+    assert ack_entry["channel"] == "sms"
+    # the delivery report came back signed and is on the record
+    wait_until(lambda: story(gw, event["id"])["notifications"][0]["deliveryStatus"] == "delivered")
+
+
+def test_forged_and_replayed_webhooks_change_nothing(sms_gateway, twilio_emulator):
+    gw = sms_gateway()
+    phone = twilio_emulator.phone(MARIA)
+    event = raise_alarm(gw, "plant/pump1", "page")
+    phone.expect_sms()
+    form = {"MessageSid": "SM" + "0" * 32, "AccountSid": twilio_emulator.account_sid, "From": MARIA,
+            "To": twilio_emulator.numbers[0], "Body": "1234"}
+    forged = httpx.post(f"{gw.url}/twilio/sms", data=form, headers={"X-Twilio-Signature": "forged"})
+    assert forged.status_code == 403
+    unsigned = httpx.post(f"{gw.url}/twilio/sms", data=form)
+    assert unsigned.status_code == 403
+    as_json = httpx.post(f"{gw.url}/twilio/sms", json=form, headers={"X-Twilio-Signature": "x"})
+    assert as_json.status_code == 415
+    assert alarm(gw, event["id"])["acknowledged"] is False
+
+    first = phone.reply("1234")
+    assert alarm(gw, event["id"])["acknowledged"] is True
+    # Twilio retries a webhook it thinks failed: the same MessageSid must not act twice
+    again = twilio_emulator.replay(first.message.sid) if hasattr(twilio_emulator, "replay") else None
+    if again is not None:
+        assert again.status == 200
+    inbound = [a for a in gw.client.get("/api/audit", params={"code": "SMSReply"}).json()["audit"]]
+    assert len(inbound) == 1
+
+
+def test_wrong_pins_lock_out_and_are_audited(sms_gateway, twilio_emulator):
+    gw = sms_gateway(sms={"pin_failures": 3, "pin_lockout": "15m"})
+    phone = twilio_emulator.phone(MARIA)
+    event = raise_alarm(gw, "plant/pump1", "page")
+    phone.expect_sms()
+    for _ in range(2):
+        phone.reply("9999")
+        assert phone.expect_sms(contains="Wrong PIN")
+    phone.reply("9999")
+    assert "locked until" in phone.expect_sms(contains="Too many wrong PINs").body
+    phone.reply("1234")  # the right PIN, but locked
+    phone.expect_sms(contains="Too many wrong PINs")
+    assert alarm(gw, event["id"])["acknowledged"] is False
+    codes = [a["code"] for a in gw.client.get("/api/audit", params={"user": "maria"}).json()["audit"]]
+    assert codes.count("PinRejected") == 2 and "PinLockout" in codes
+    assert gw.client.get("/api/users").json()["users"][0]["lockedUntil"]
+
+
+def test_ack_by_code_within_a_pin_session_and_status(sms_gateway, twilio_emulator):
+    gw = sms_gateway()
+    phone = twilio_emulator.phone(MARIA)
+    a = raise_alarm(gw, "plant/a", "page", displayPath="Plant/A")
+    b = raise_alarm(gw, "plant/b", "page", displayPath="Plant/B")
+    phone.expect_sms(contains="Plant/A")
+    phone.expect_sms(contains="Plant/B")
+    phone.reply(f"status 1234")
+    status = phone.expect_sms(contains="2 unacknowledged")
+    assert f"#{a['ackCode']} Plant/A" in status.body
+    phone.reply(f"ack #{a['ackCode']} on my way")  # no PIN: the session from STATUS covers it
+    phone.expect_sms(contains=f"Acknowledged #{a['ackCode']} Plant/A")
+    assert alarm(gw, a["id"])["ackNotes"] == "on my way"
+    assert alarm(gw, b["id"])["acknowledged"] is False
+    phone.reply(f"ACK {a['ackCode']}")
+    phone.expect_sms(contains="already acknowledged by maria")
+    phone.reply("ACK 999")
+    phone.expect_sms(contains="No open alarm #999")
+
+
+def test_session_expiry_asks_for_the_pin_again(sms_gateway, twilio_emulator):
+    gw = sms_gateway(sms={"pin_session": "1s"})
+    phone = twilio_emulator.phone(MARIA)
+    raise_alarm(gw, "plant/a", "page")
+    phone.expect_sms()
+    phone.reply("STATUS 1234")
+    phone.expect_sms(contains="1 unacknowledged")
+    time.sleep(1.2)
+    phone.reply("STATUS")
+    phone.expect_sms(contains="Send your PIN")
+
+
+def test_stop_blocks_alarms_and_triggers_fallback_start_resumes(sms_gateway, twilio_emulator, gateway_config,
+                                                                webhook_receiver):
+    gw = sms_gateway({"page": {"blocks": [
+        {"type": "notification", "roster": "operators", "profiles": ["sms", "hook"], "policy": "fallback",
+         "message": "{name}"}]}})
+    phone = twilio_emulator.phone(MARIA)
+    raise_alarm(gw, "plant/a", "page", name="first")
+    phone.expect_sms(contains="first")
+    phone.reply("STOP")
+    phone.expect_sms(contains="unsubscribed")  # Twilio's own confirmation, and nothing more
+    second = raise_alarm(gw, "plant/b", "page", name="second")
+    [hook] = webhook_receiver.wait_for(1)  # SMS refused: the next channel got it
+    assert hook.json["message"] == "second"
+    phone.expect_no_sms(within=0.3)
+    failed = [n for n in story(gw, second["id"])["notifications"] if n["profile"] == "sms"]
+    assert failed[0]["status"] == "failed" and "opted out" in failed[0]["lastError"]
+
+    phone.reply("START")
+    phone.expect_sms(contains="re-subscribed")
+    raise_alarm(gw, "plant/c", "page", name="third")
+    phone.expect_sms(contains="third")
+    codes = [a["code"] for a in gw.client.get("/api/audit").json()["audit"]]
+    assert "OptOut" in codes and "OptIn" in codes
+
+
+def test_provider_opt_out_21610_marks_the_number(sms_gateway, twilio_emulator):
+    gw = sms_gateway()
+    twilio_emulator.phone(MARIA).send("STOP")  # Twilio records it; the gateway also hears it
+    event = raise_alarm(gw, "plant/a", "page")
+    n = wait_until(lambda: (ns := story(gw, event["id"])["notifications"]) and ns[0]["status"] == "failed" and ns[0])
+    assert "opted out" in n["lastError"]
+
+
+def test_unknown_sender_gets_one_polite_reply(sms_gateway, twilio_emulator):
+    sms_gateway()
+    stranger = twilio_emulator.phone("+15550109999")
+    stranger.send("hello?")
+    stranger.expect_sms(contains="not registered")
+    stranger.send("hello??")
+    stranger.send("ACK 1234")
+    stranger.expect_no_sms(within=0.5)
+
+
+def test_error_replies_are_bounded(sms_gateway, twilio_emulator):
+    sms_gateway(sms={"max_error_replies": 2})
+    phone = twilio_emulator.phone(MARIA)
+    for _ in range(4):
+        phone.send("what?")
+    assert sum("Not understood" in m.body for m in phone.messages) == 2
