@@ -146,3 +146,56 @@ def test_consolidation_with_a_sequential_roster_is_refused(gateway_config, start
     with pytest.raises(ConfigError) as err:
         start_gateway(gateway_config)
     assert "pipelines.page.blocks[0].consolidation: roster operators is sequential" in str(err.value)
+
+
+def test_frequency_caps_the_wait_under_a_steady_trickle(gateway_config, pipeline_gateway, webhook_receiver):
+    """Each alarm re-arms the delay; the first alarm still goes out after at most `frequency`."""
+    gw = pipeline_gateway(consolidating("800ms", "2s"))
+    started = time.monotonic()
+    for i in range(8):  # one every 0.4 s for 3.2 s: the delay alone would never expire
+        raise_alarm(gw, f"plant/t{i}", "page")
+        time.sleep(0.4)
+    [first, *_] = webhook_receiver.wait_for(1, timeout=5)
+    assert first.received_at - started < 2.8
+    assert len(first.json["events"]) < 8
+
+
+def test_acking_one_alarm_does_not_withdraw_the_message_of_the_others(gateway_config, pipeline_gateway,
+                                                                       webhook_receiver):
+    gateway_config["gateway"]["retry"] = {"attempts": 5, "backoff": "400ms", "max_backoff": "400ms"}
+    pipelines = consolidating("300ms", "5s")
+    pipelines["page"]["blocks"].append({"type": "delay", "delay": "1h"})  # the instances stay alive
+    gw = pipeline_gateway(pipelines)
+    webhook_receiver.status = 500
+    a = raise_alarm(gw, "plant/a", "page")
+    b = raise_alarm(gw, "plant/b", "page")
+    webhook_receiver.wait_for(1, timeout=5)  # the a+b message, failing
+    assert ack(gw, a["id"]).status_code == 200  # ends a's instance, not b's message
+    webhook_receiver.status = 200
+    msg = webhook_receiver.wait_for(2, timeout=5)[-1]
+    assert {e["id"] for e in msg.json["events"]} == {a["id"], b["id"]}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sends = [n["status"] for n in story(gw, b["id"])["notifications"] if n["status"] != "consolidated"]
+        if sends == ["sent"]:
+            break
+        time.sleep(0.05)
+    assert sends == ["sent"]
+
+
+def test_batch_held_across_a_restart_with_the_consolidation_removed_is_still_sent(
+        gateway_config, start_gateway, webhook_receiver):
+    gateway_config["pipelines"] = consolidating("2s", "30s")
+    gw = start_gateway(gateway_config)
+    raise_alarm(gw, "plant/a", "page", displayPath="Plant/A")
+    raise_alarm(gw, "plant/b", "page", displayPath="Plant/B")
+    gw.stop()
+    del gateway_config["pipelines"]["page"]["blocks"][0]["consolidation"]
+    gw = start_gateway(gateway_config)
+    [msg] = webhook_receiver.wait_for(1, timeout=10)
+    assert msg.json["message"].startswith("2 alarms, highest priority Medium: Plant/A, Plant/B")
+    time.sleep(0.5)
+    assert webhook_receiver.count == 1
+    assert gw.client.get("/api/held").json()["held"] == []
+    # nothing finished came back to life in the open alarm list
+    assert len(gw.client.get("/api/alarms").json()["events"]) == 2

@@ -134,16 +134,33 @@ def test_acknowledged_alarm_does_not_fall_back(gateway_config, pipeline_gateway,
     channels(gateway_config, webhook_receiver, backup_receiver)
     gateway_config["gateway"]["retry"] = {"attempts": 3, "backoff": "1s", "max_backoff": "1s"}
     webhook_receiver.status = 500
-    # the pipeline does not drop out on acknowledgement, so only the fallback check stops the chain
-    gw = pipeline_gateway({"page": {"dropout": [], "blocks": [block(policy="fallback")]}})
+    gw = pipeline_gateway({"page": {"blocks": [block(policy="fallback")]}})
     event = raise_alarm(gw, "plant/x", "page")
     webhook_receiver.wait_for(1)
     assert ack(gw, event["id"]).status_code == 200
-    told = wait_until(lambda: (s := story(gw, event["id"])) and
-                      any(t["action"] == "fallback" for t in s["trace"]) and s, timeout=15)
-    [why] = [t["why"] for t in told["trace"] if t["action"] == "fallback"]
-    assert "the alarm is acknowledged: not trying mailer" in why
+    told = wait_until(lambda: (s := story(gw, event["id"])) and s["notifications"][0]["status"] == "cancelled"
+                      and s, timeout=15)
+    assert "not retried: acknowledged by maria" in told["notifications"][0]["lastError"]
+    time.sleep(1.5)  # past the retry that would have come
     assert backup_receiver.count == 0
+    assert webhook_receiver.count == 1
+
+
+def test_fallback_goes_on_for_a_pipeline_that_notifies_acknowledged_alarms(
+        gateway_config, pipeline_gateway, webhook_receiver, backup_receiver):
+    """A pipeline without the acknowledged dropout (e.g. "tell the supervisor it was acknowledged")
+    still wants its message delivered: fallback follows the pipeline's dropout."""
+    channels(gateway_config, webhook_receiver, backup_receiver)
+    webhook_receiver.status = 400
+    gw = pipeline_gateway({"told": {"dropout": ["cleared"], "blocks": [block(policy="fallback")]}})
+    event = raise_alarm(gw, "plant/x")
+    assert ack(gw, event["id"]).status_code == 200
+    r = gw.client.post("/api/alarms", json={"source": "plant/y", "pipelines": {"active": "told"}})
+    assert r.status_code == 201
+    other = r.json()["events"][0]
+    assert ack(gw, other["id"]).status_code == 200
+    [mail] = backup_receiver.wait_for(1)
+    assert mail.json["events"][0]["id"] == other["id"]
 
 
 def test_audit_api_and_cli(gateway_config, pipeline_gateway, webhook_receiver):

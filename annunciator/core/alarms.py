@@ -216,6 +216,8 @@ class AlarmEvent:
         }
 
 
+DEFAULT_MESSAGE = "{priority} alarm {displayPath}: {name} ({state}, value {eventValue})"
+
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

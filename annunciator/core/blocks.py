@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from .alarms import AckMode
+from .alarms import DEFAULT_MESSAGE, AckMode
 from .config import ChannelPolicy, Config, Duration, StrictModel
 from .consolidation import ConsolidationSettings
 from .expressions import ExpressionError, check_expression, compile_expression
@@ -15,7 +15,6 @@ from .pipeline import END, Block, BlockContext, BlockSettings, Fork, Jump, Next,
 
 ExpressionText = Annotated[str, AfterValidator(check_expression)]
 
-DEFAULT_MESSAGE = "{priority} alarm {displayPath}: {name} ({state}, value {eventValue})"
 DEFAULT_ACK_WAIT = 300.0  # a sequential roster without ack_wait: five minutes per person
 
 
@@ -81,30 +80,36 @@ class NotificationBlock(Block):
 
     def enter(self, ctx: BlockContext) -> Next | Wait:
         s = self.settings
+        consolidating = s.consolidation is not None and s.consolidation.active
         team = ctx.on_call(s.roster)
-        if team.order == "sequential" and len(team.users) > 1 and not s.consolidation:
+        if team.order == "sequential" and len(team.users) > 1 and not consolidating:
             wait = DEFAULT_ACK_WAIT if team.ack_wait is None else team.ack_wait
-            return self._next_person(ctx, [u.username for u in team.users], 0, wait)
+            return self._next_person(ctx, team.users, [], wait)
         count = ctx.send(s.profiles, team.users, s.message, policy=s.policy, consolidation=s.consolidation)
-        verb = "held for consolidation" if s.consolidation and s.consolidation.active else "queued"
+        verb = "held for consolidation" if consolidating else "queued"
         return Next(why=f"{count} notification(s) {verb} to roster {team.roster}")
 
-    def _next_person(self, ctx: BlockContext, people: list[str], i: int, wait: float) -> Wait:
-        user = ctx.gateway.users[people[i]]
-        count = ctx.send(self.settings.profiles, [user], self.settings.message, policy=self.settings.policy)
-        return Wait(wait, state={"people": people, "i": i, "wait": wait}, until_ack=True,
-                    why=f"sequential: {people[i]} ({i + 1} of {len(people)}), {count} notification(s); "
-                        f"waiting {wait:g}s for an acknowledgement")
+    def _next_person(self, ctx: BlockContext, candidates: list[Any], paged: list[str], wait: float) -> Wait | Next:
+        """Page the first candidate not yet paged who can be reached; someone who cannot is
+        skipped at once rather than waited for."""
+        for user in candidates:
+            if user.username in paged:
+                continue
+            paged = [*paged, user.username]
+            count = ctx.send(self.settings.profiles, [user], self.settings.message, policy=self.settings.policy)
+            if count:
+                return Wait(wait, state={"paged": paged, "wait": wait}, until_ack=True,
+                            why=f"sequential: {user.username} ({len(paged)} paged), {count} notification(s); "
+                                f"waiting {wait:g}s for an acknowledgement")
+        return Next(why=f"sequential: all {len(paged)} people notified, nobody acknowledged")
 
     def resume(self, ctx: BlockContext, state: dict[str, Any], reason: str) -> Wait | Next:
         if ctx.event.acknowledged:
             return Next(why=f"acknowledged by {ctx.event.ack_user or 'someone'}")
-        people, i = state["people"], state["i"] + 1
-        while i < len(people) and people[i] not in ctx.gateway.users:
-            i += 1  # removed from the config since: skip, don't stall
-        if i >= len(people):
-            return Next(why=f"sequential: all {len(people)} people notified, nobody acknowledged")
-        return self._next_person(ctx, people, i, state["wait"])
+        # ask again who is on call: a hand-off or an override ending since the last page counts
+        team = ctx.on_call(self.settings.roster)
+        return self._next_person(ctx, team.users, list(state.get("paged") or state.get("people", [])[:1]),
+                                 state["wait"])
 
     def check(self, config: Config | None) -> list[tuple[str, str]]:
         problems = _check_notify(config, self.settings.profiles, self.settings.roster)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from . import schema
-from .alarms import AlarmEvent, Priority, utcnow
+from .alarms import DEFAULT_MESSAGE, AlarmEvent, Priority, utcnow
 from .audit import Code
 from .config import Duration, StrictModel
 from .notifications import CANCELLED, CONSOLIDATED, HELD, Notification
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_SUMMARY = "{count} alarms, highest priority {highestPriority}: {displayPaths}{more}"
+DELAY_CAP = 10  # without a frequency, an alarm waits at most ten delays
+DEFAULT_DROPOUT = frozenset({"acknowledged", "cleared", "shelved"})
 
 
 class ConsolidationSettings(StrictModel):
@@ -58,6 +60,8 @@ class Batch:
     due: datetime
     reason: str = ""
     origins: dict[str, str] = field(default_factory=dict)  # event id -> the instance that held it
+    ids: set[str] = field(default_factory=set)
+    armed: datetime | None = None  # when its timer fires
 
 
 def summary_values(events: list[AlarmEvent], listed: int) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class Batches:
         self.gateway = gateway
         self.delivery = delivery
         self.open: dict[str, Batch] = {}
+        self.by_event: dict[str, set[str]] = {}  # event id -> keys of open batches holding it
         self.last_sent: dict[str, datetime] = {}
 
     def _settings(self, pipeline: str | None, block: str | None) -> Any:
@@ -94,24 +99,25 @@ class Batches:
             holder = Notification(profile=profile, user=user, message="", events=[event],
                                   instance_id=origin.instance_id, pipeline=origin.pipeline, block=origin.block,
                                   batch_key=key, status=HELD)
-            batch = Batch(key, holder, now, now, now)
+            batch = Batch(key, holder, now, now, now, ids={event.id})
             self.open[key] = batch
-            if origin.instance_id:
-                batch.origins[event.id] = origin.instance_id
             self._schedule(batch, settings, now)
             holder.due_at = batch.due
             self.gateway.store.insert(schema.notifications, holder.row())
         else:
-            if any(e.id == event.id for e in batch.holder.events):
+            if event.id in batch.ids:
                 return
             batch.holder.events.append(event)
-            if origin.instance_id:
-                batch.origins[event.id] = origin.instance_id
+            batch.ids.add(event.id)
             batch.last_added = now
             self._schedule(batch, settings, now)
             batch.holder.due_at = batch.due
+            # folded into one write per store batch, however many alarms arrive in it
             self.gateway.store.update(schema.notifications, batch.holder.id, {
                 "event_ids": batch.holder.event_ids, "due_at": batch.due, "updated": now})
+        if origin.instance_id:
+            batch.origins[event.id] = origin.instance_id
+        self.by_event.setdefault(event.id, set()).add(key)
         origin.trace("held", f"{user.username}: {batch.reason} [notification {batch.holder.id}, "
                              f"{len(batch.holder.events)} alarm(s)]")
         if len(batch.holder.events) == 1:
@@ -121,49 +127,108 @@ class Batches:
     def _schedule(self, batch: Batch, s: ConsolidationSettings, now: datetime) -> None:
         due = now + timedelta(seconds=s.delay)
         reason = f"collecting alarms until {_hms(due)} (delay {s.delay:g}s, re-armed by each alarm)"
-        if s.frequency:
-            latest = batch.opened + timedelta(seconds=s.frequency)
-            if latest < due:
-                due, reason = latest, f"collecting alarms until {_hms(latest)} (longest wait {s.frequency:g}s)"
-            last = self.last_sent.get(batch.key)
-            if last is not None and last + timedelta(seconds=s.frequency) > due:
-                due = last + timedelta(seconds=s.frequency)
-                reason = (f"throttled until {_hms(due)}: last message at {_hms(last)}, "
-                          f"at most one every {s.frequency:g}s")
+        # without a frequency, a steady trickle would re-arm the delay forever: cap the wait
+        longest = s.frequency or s.delay * DELAY_CAP
+        latest = batch.opened + timedelta(seconds=longest)
+        if latest < due:
+            due, reason = latest, f"collecting alarms until {_hms(latest)} (longest wait {longest:g}s)"
+        last = self.last_sent.get(batch.key)
+        if s.frequency and last is not None and last + timedelta(seconds=s.frequency) > due:
+            due = last + timedelta(seconds=s.frequency)
+            reason = (f"throttled until {_hms(due)}: last message at {_hms(last)}, "
+                      f"at most one every {s.frequency:g}s")
         batch.due, batch.reason = due, reason
-        self.gateway.timers.at(f"batch:{batch.key}", due, self.flush, batch.key)
+        # one timer per batch, moved only when the batch falls due sooner; a later due date is
+        # picked up when the timer fires (a flood must not reschedule a job per alarm)
+        if batch.armed is None or due < batch.armed:
+            batch.armed = due
+            self.gateway.timers.at(f"batch:{batch.key}", due, self._due, batch.key)
+
+    def _due(self, key: str) -> None:
+        batch = self.open.get(key)
+        if batch is None:
+            return
+        if batch.due > utcnow() + timedelta(milliseconds=5):
+            batch.armed = batch.due
+            self.gateway.timers.at(f"batch:{key}", batch.due, self._due, key)
+            return
+        self.flush(key)
+
+    def withdraw(self, event: AlarmEvent) -> None:
+        """An alarm changed state (acknowledged, cleared, shelved): take it out of the batches whose
+        pipeline drops out on that at once, and withdraw a batch left with nothing to say."""
+        for key in list(self.by_event.get(event.id, ())):
+            batch = self.open.get(key)
+            if batch is None:
+                continue
+            pipeline = self.gateway.pipelines.get(batch.holder.pipeline or "")
+            if still_wanted(event, pipeline.dropout if pipeline else DEFAULT_DROPOUT):
+                continue
+            batch.ids.discard(event.id)
+            self._forget(event.id, key)
+            if batch.ids:
+                batch.holder.events = [e for e in batch.holder.events if e.id != event.id]
+                self.gateway.store.update(schema.notifications, batch.holder.id, {
+                    "event_ids": batch.holder.event_ids, "updated": utcnow()})
+                continue
+            # the last one: the row keeps it, so the alarm's story shows the withdrawn batch
+            self.open.pop(key, None)
+            self.gateway.timers.cancel(f"batch:{key}")
+            what = (f"acknowledged by {event.ack_user or 'someone'}" if event.acknowledged
+                    else "cleared" if not event.active else "shelved")
+            why = (f"every alarm in it was acknowledged, cleared or shelved before the message was due "
+                   f"(last: {event.source} {what})")
+            self._close(batch.holder, CANCELLED, why)
+            self.delivery.origin_of(batch.holder).trace("held", f"{batch.holder.user.username}: batch withdrawn: "
+                                                                f"{why}")
+            self.gateway.audit.record(Code.NOTIFICATION_CANCELLED, user=batch.holder.user.username,
+                                      channel=batch.holder.profile, text=why, event_ids=[event.id],
+                                      notification_id=batch.holder.id)
+
+    def _forget(self, event_id: str, key: str) -> None:
+        keys = self.by_event.get(event_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.by_event[event_id]
 
     def flush(self, key: str) -> None:
         batch = self.open.pop(key, None)
         if batch is None:
             return
         holder = batch.holder
+        for event_id in batch.ids:
+            self._forget(event_id, key)
         settings = self._settings(holder.pipeline, holder.block)
         origin = self.delivery.origin_of(holder)
         now = utcnow()
-        if settings is None:
-            self._close(holder, CANCELLED, f"block {holder.pipeline}/{holder.block} is no longer configured")
-            return
-        pipeline = self.gateway.pipelines[holder.pipeline or ""]
-        events = [e for e in holder.events if _still_wanted(e, pipeline.dropout)]
+        pipeline = self.gateway.pipelines.get(holder.pipeline or "")
+        events = [e for e in holder.events if still_wanted(e, pipeline.dropout if pipeline else DEFAULT_DROPOUT)]
         if not events:
-            self._close(holder, CANCELLED, f"all {len(holder.events)} alarm(s) were acknowledged, cleared or "
-                                           "shelved before the message was due")
+            why = (f"all {len(holder.events)} alarm(s) were acknowledged, cleared or shelved before the message "
+                   "was due")
+            self._close(holder, CANCELLED, why)
             origin.trace("held", f"{holder.user.username}: batch withdrawn, nothing left to send")
+            self.gateway.audit.record(Code.NOTIFICATION_CANCELLED, user=holder.user.username, channel=holder.profile,
+                                      text=why, event_ids=holder.event_ids, notification_id=holder.id)
             return
-        cons: ConsolidationSettings = settings.consolidation
+        # the block may have changed (or gone) since a restart: the alarms are still sent
+        cons: ConsolidationSettings = getattr(settings, "consolidation", None) or ConsolidationSettings()
+        message = getattr(settings, "message", None) or DEFAULT_MESSAGE
+        profiles = getattr(settings, "profiles", None) or [holder.profile]
         if len(events) == 1:
-            text = self.gateway.render(settings.message, events[0])
+            text = self.gateway.render(message, events[0])
         else:
             text = self.gateway.render_values(cons.message, summary_values(events, cons.listed))
         holder.message = text
-        self._close(holder, CONSOLIDATED, None)
+        self._close(holder, CONSOLIDATED, None if settings is not None else
+                    f"block {holder.pipeline}/{holder.block} is no longer configured; sent with the default message")
         self.last_sent[key] = now
         self.gateway.audit.record(Code.CONSOLIDATED, user=holder.user.username, channel=holder.profile, text=text,
                                   event_ids=[e.id for e in events], notification_id=holder.id,
                                   details={"count": len(events), "held": len(holder.events)})
-        count = self.delivery.dispatch(origin, holder.user, settings.profiles, settings.policy, text, events,
-                                       batch_key=key)
+        count = self.delivery.dispatch(origin, holder.user, profiles, getattr(settings, "policy", None), text,
+                                       events, batch_key=key)
         for e in events[1:]:
             inst = batch.origins.get(e.id)
             if inst is not None:
@@ -184,9 +249,11 @@ class Batches:
         """A batch held when the gateway stopped: re-arm it (a late one is sent at once)."""
         due = holder.due_at or utcnow()
         batch = Batch(holder.batch_key or "", holder, holder.created, holder.created, due,
-                      f"held before restart; due {_hms(due)}")
+                      f"held before restart; due {_hms(due)}", ids={e.id for e in holder.events}, armed=due)
         self.open[batch.key] = batch
-        self.gateway.timers.at(f"batch:{batch.key}", due, self.flush, batch.key)
+        for event_id in batch.ids:
+            self.by_event.setdefault(event_id, set()).add(batch.key)
+        self.gateway.timers.at(f"batch:{batch.key}", due, self._due, batch.key)
 
     def held(self) -> list[dict[str, Any]]:
         """Pipeline status of every open batch: who, how many alarms, until when, why."""
@@ -197,7 +264,8 @@ class Batches:
                 for b in sorted(self.open.values(), key=lambda b: b.due)]
 
 
-def _still_wanted(e: AlarmEvent, dropout: frozenset[str]) -> bool:
+def still_wanted(e: AlarmEvent, dropout: frozenset[str] = DEFAULT_DROPOUT) -> bool:
+    """Does an alarm still need people, by its pipeline's dropout conditions?"""
     return not (("acknowledged" in dropout and e.acknowledged) or ("cleared" in dropout and not e.active)
                 or ("shelved" in dropout and e.shelved))
 

@@ -19,7 +19,7 @@ from . import schema
 from .alarms import AlarmEvent, utcnow
 from .audit import Code
 from .channels import plan
-from .consolidation import Batches, ConsolidationSettings
+from .consolidation import DEFAULT_DROPOUT, Batches, ConsolidationSettings, still_wanted
 from .notifications import Notification
 from .users import User
 
@@ -67,6 +67,7 @@ class Delivery:
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
         self.batches = Batches(gateway, self)
+        self._reported: dict[str, str] = {}  # provider id -> latest delivery status acted on
 
     # --- who ------------------------------------------------------------------------------
 
@@ -146,6 +147,21 @@ class Delivery:
 
         return Origin(n.instance_id, event_id, n.pipeline, n.block, trace)
 
+    def wanted(self, n: Notification) -> bool:
+        """Does any alarm of the notification still need someone, by its pipeline's dropout?"""
+        return self.unwanted_because(n) is None
+
+    def unwanted_because(self, n: Notification) -> str | None:
+        """Why no alarm of the notification needs anyone any more (None: one still does)."""
+        pipeline = self.gateway.pipelines.get(n.pipeline or "")
+        dropout = pipeline.dropout if pipeline is not None else DEFAULT_DROPOUT
+        if any(still_wanted(e, dropout) for e in n.events) or not n.events:
+            return None
+        e = n.events[-1]
+        if e.acknowledged and "acknowledged" in dropout:
+            return f"acknowledged by {e.ack_user or 'someone'}"
+        return "cleared" if not e.active else "shelved"
+
     def failed(self, n: Notification, why: str) -> None:
         """A channel failed for good (retries used up, refused, or reported undelivered): try the
         next channel of the person's chain while an alarm in it still needs someone."""
@@ -156,9 +172,9 @@ class Delivery:
             else:
                 origin.trace("notify-failed", f"{n.user.username} via {n.link} failed: {why}")
             return
-        if all(e.acknowledged for e in n.events):
-            origin.trace("fallback", f"{n.user.username} via {n.link} failed, but the alarm is acknowledged: "
-                                     f"not trying {n.chain[0]}")
+        if not self.wanted(n):
+            origin.trace("fallback", f"{n.user.username} via {n.link} failed, but the alarm no longer needs "
+                                     f"anyone (acknowledged, cleared or shelved): not trying {n.chain[0]}")
             return
         nxt, rest = n.chain[0], n.chain[1:]
         new = Notification(profile=nxt.profile, user=n.user, message=n.message, events=n.events,
@@ -181,11 +197,18 @@ class Delivery:
         def load(conn: sa.Connection) -> Any:
             return conn.execute(sa.select(t).where(t.c.provider_id == provider_id)).first()
 
+        status = status.lower()
+        # decided before any await: two copies of one report in flight must not both act
+        if _rank(status) <= _rank(self._reported.get(provider_id)):
+            return True
+        self._reported[provider_id] = status
+        if len(self._reported) > 10_000:
+            self._reported.pop(next(iter(self._reported)))
         row = await self.gateway.store.read(load)
         if row is None:
+            self._reported.pop(provider_id, None)
             return False
         row = dict(row._mapping)
-        status = status.lower()
         log_entry = {"at": utcnow().isoformat(), "status": status, "error": error}
         if _rank(status) <= _rank(row["delivery_status"]):
             return True  # a replayed or late callback changes nothing

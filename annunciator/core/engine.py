@@ -321,6 +321,7 @@ class Engine:
 
     async def on_transition(self, event: AlarmEvent, transition: str, why: str) -> None:
         """Apply dropout (at once) and wake acknowledgement waits for an event's transition."""
+        self.gateway.delivery.batches.withdraw(event)
         for inst in list(self.by_event.get(event.id, {}).values()):
             if transition in inst.pipeline.dropout:
                 self._end(inst, DROPPED, why)

@@ -243,9 +243,12 @@ class Gateway:
             user = self.users.get(row["username"])
             evs = [i for i in row["event_ids"] if i in self.events]
             if user is None or not evs:
-                self.store.update(schema.notifications, row["id"], {
-                    "status": "failed", "updated": now,
-                    "last_error": "user or event no longer exists after restart"})
+                why = "user or event no longer exists after restart"
+                self.store.update(schema.notifications, row["id"], {"status": "failed", "updated": now,
+                                                                    "last_error": why})
+                self.audit.record(Code.NOTIFICATION_FAILED, user=row["username"], channel=row["profile"],
+                                  contact=row["contact"], text=why, event_ids=row["event_ids"],
+                                  notification_id=row["id"])
                 continue
             n = self.notification_from_row(row, user)
             if n.status == HELD:
@@ -253,6 +256,9 @@ class Gateway:
                 continue
             log.info("resending notification %s to %s (pending at shutdown)", n.id, user.username)
             self.dispatcher.submit_committed(n)
+        # events loaded only for the notifications above are finished: the notifications hold them
+        for event in [e for e in self.events.values() if e.done]:
+            self.forget_if_done(event)
         self.refresh_tags_soon()
 
     # --- tags -----------------------------------------------------------------------------
@@ -392,7 +398,7 @@ class Gateway:
             self.hook.annunciator_alarm_event(gateway=self, event=event, transition="cleared")
             await self.engine.on_transition(event, "cleared", f"cleared{_by(user)}")
             if event.ack_mode == AckMode.AUTO and not event.acknowledged:
-                await self._ack(event, SYSTEM_USER, "auto-acknowledged on clear")
+                await self._ack(event, SYSTEM_USER, "auto-acknowledged on clear", "auto")
             self._save_event(event)
             if "cleared" in event.pipelines:
                 await self.engine.enter(event, event.pipelines["cleared"], "event cleared")
@@ -421,17 +427,16 @@ class Gateway:
             if e.ack_notes_required and not notes.strip():
                 raise Invalid(f"alarm event {e.id} ({e.source}) requires acknowledgement notes")
         for event in events:
-            await self._ack(event, user, notes)
+            await self._ack(event, user, notes, via)
             self._save_event(event)
             self.forget_if_done(event)
-        self.audit.record(Code.ACKNOWLEDGED, user=user, channel=via, text=notes or None,
-                          event_ids=[e.id for e in events])
         self.refresh_tags_soon()
         return events
 
-    async def _ack(self, event: AlarmEvent, user: str, notes: str) -> None:
+    async def _ack(self, event: AlarmEvent, user: str, notes: str, via: str | None = None) -> None:
         event.ack_time, event.ack_user, event.ack_notes = utcnow(), user, notes
         self._journal(event, Transition.ACKNOWLEDGED, user, notes)
+        self.audit.record(Code.ACKNOWLEDGED, user=user, channel=via, text=notes or None, event_ids=[event.id])
         self.hook.annunciator_alarm_event(gateway=self, event=event, transition="acknowledged")
         await self.engine.on_transition(event, "acknowledged", f"acknowledged{_by(user)}")
         if "acknowledged" in event.pipelines:

@@ -130,7 +130,8 @@ class Dispatcher:
 
     def _track(self, n: Notification) -> None:
         self._live[n.id] = n
-        if n.instance_id:
+        # a consolidated message carries alarms of many instances: no single one may withdraw it
+        if n.instance_id and not n.batch_key:
             self._by_instance.setdefault(n.instance_id, set()).add(n.id)
 
     def _spawn(self, notification: Notification) -> None:
@@ -155,6 +156,11 @@ class Dispatcher:
     async def _deliver(self, n: Notification) -> None:
         profile = self.gateway.profiles.get(n.profile)
         while n.status == PENDING:
+            # a retry for an alarm someone has dealt with since (its pipeline may have ended long ago)
+            done = self.gateway.delivery.unwanted_because(n) if n.attempts else None
+            if done is not None:
+                self._finish(n, CANCELLED, error=f"{n.last_error}; not retried: {done}")
+                return
             n.attempts += 1
             if profile is None:
                 result = DeliveryResult.failed(f"profile {n.profile!r} is not configured", retryable=False)

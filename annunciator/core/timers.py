@@ -8,6 +8,7 @@ crash (a job with no instance, or an instance with no job); one row cannot.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -36,7 +37,15 @@ class Timers:
             self.scheduler.shutdown(wait=False)
 
     def at(self, key: str, when: datetime, fn: Callable[..., Awaitable[Any] | Any], *args: Any) -> None:
-        """Run ``fn(*args)`` at ``when``; replaces a timer with the same key."""
+        """Run ``fn(*args)`` on the event loop at ``when``; replaces a timer with the same key."""
+        if not inspect.iscoroutinefunction(fn):
+            # APScheduler hands plain functions to a worker thread; everything here belongs to the loop
+            plain = fn
+
+            async def on_loop(*a: Any) -> None:
+                plain(*a)
+
+            fn = on_loop
         self.scheduler.add_job(fn, "date", run_date=when, args=args, id=key, replace_existing=True)
 
     def cancel(self, key: str) -> bool:
