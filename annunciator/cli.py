@@ -44,7 +44,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     # their INFO lines (every migration step, every timer added) drown what an operator needs
-    for noisy in ("alembic", "apscheduler"):
+    # (twilio logs every request and its headers at INFO)
+    for noisy in ("alembic", "apscheduler", "twilio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

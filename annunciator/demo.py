@@ -1,21 +1,22 @@
-"""`annunciator demo`: the gateway on its embedded example config, with a pager page that prints
-what arrives, and one alarm raised so a newcomer watches it go out and acknowledges it."""
+"""`annunciator demo`: the gateway on its embedded example config and SQLite, sending SMS through
+the built-in Twilio emulator (no credentials needed). It raises one alarm; the console shows each
+SMS as the phone would get it and lets you type replies as Maria's phone: reply 1234 (her PIN) to
+acknowledge, exactly as over real SMS (a signed webhook into the gateway)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sys
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from . import hookimpl
 from .core.gateway import AlarmSpec, Gateway
@@ -27,21 +28,21 @@ DEMO_SOURCE = "plant/pump-1/fault"
 class DemoPlugin:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
-
-    @hookimpl
-    def annunciator_routes(self, gateway: Gateway) -> list[Route]:
-        async def pager(request: Request) -> Response:
-            body = await request.json()
-            who = body["user"]["name"]
-            click.secho(f"\n  >>> PAGER {who}: {body['message']}\n", fg="yellow", bold=True)
-            return Response(status_code=204)
-
-        return [Route("/demo/pager", pager, methods=["POST"])]
+        self.stopping = threading.Event()
 
     @hookimpl
     def annunciator_startup(self, gateway: Gateway) -> None:
         self.gateway = gateway
         asyncio.get_running_loop().call_later(1.0, lambda: asyncio.ensure_future(self._raise()))
+
+    @hookimpl
+    def annunciator_shutdown(self, gateway: Gateway) -> None:
+        self.stopping.set()
+
+    def _emulator(self) -> Any:
+        service = self.gateway.extensions.get("twilio") if self.gateway else None
+        accounts = list(service.accounts.values()) if service else []
+        return accounts[0].emulator if accounts else None
 
     async def _raise(self) -> None:
         gw = self.gateway
@@ -53,42 +54,57 @@ class DemoPlugin:
             [(event, _)] = await gw.raise_alarms([spec])
             await gw.store.commit()
         port = gw.config.gateway.http.port
-        click.secho(f"Raised demo alarm {event.id} ({event.display_path}, {event.priority}).", fg="cyan")
-        click.echo("Maria is paged now; without an acknowledgement Li is paged after 30 s.")
-        click.echo("Acknowledge it from another terminal with:")
-        click.secho(f"  annunciator alarm ack {event.id} --user maria --url http://127.0.0.1:{port} "
-                    f"--token demo-token", bold=True)
-        click.echo(f"See its whole story:  annunciator alarm trace {event.id} --url "
-                   f"http://127.0.0.1:{port} --token demo-token")
-        if sys.stdin.isatty():
-            click.echo("Or press Enter here to acknowledge it as maria. Ctrl-C stops the gateway.")
-            loop = asyncio.get_running_loop()
-            threading.Thread(target=self._keyboard, args=(loop, event.id), daemon=True).start()
-
-    def _keyboard(self, loop: asyncio.AbstractEventLoop, event_id: str) -> None:
-        try:
-            sys.stdin.readline()
-        except (OSError, ValueError):
+        api = f"--url http://127.0.0.1:{port} --token demo-token"
+        click.secho(f"Raised demo alarm {event.id} ({event.display_path}, {event.priority}, ack code "
+                    f"#{event.ack_code}).", fg="cyan")
+        click.echo("Maria is texted now; without an acknowledgement Li is texted after 30 s.")
+        click.echo(f"Its whole story:  annunciator alarm trace {event.id} {api}")
+        emulator = self._emulator()
+        if emulator is None:
+            click.echo(f"Acknowledge it:   annunciator alarm ack {event.id} --user maria {api}")
             return
-        gw = self.gateway
-        assert gw is not None
+        maria = gw.users["maria"].contacts["sms"][0]
+        threading.Thread(target=self._show_messages, args=(emulator,), daemon=True).start()
+        click.secho(f"Type a reply as Maria's phone ({maria}) and press Enter: her PIN is 1234 "
+                    "(try HELP, STATUS 1234, or a wrong PIN). Ctrl-C stops the gateway.", bold=True)
+        # lines typed here (or piped in) are texted from Maria's phone into the gateway
+        threading.Thread(target=self._keyboard, args=(emulator, maria), daemon=True).start()
 
-        async def ack() -> Any:
-            event = gw.events.get(event_id)
-            if event is None or event.acknowledged:
-                click.echo("Already acknowledged.")
+    def _show_messages(self, emulator: Any) -> None:
+        """Print every SMS the emulated phones receive, as they arrive."""
+        shown: set[str] = set()
+        while not self.stopping.is_set():
+            for m in emulator.messages:
+                if m.sid in shown or m.direction == "inbound":
+                    continue
+                shown.add(m.sid)
+                who = next((u.name or u.username for u in self.gateway.users.values()  # type: ignore[union-attr]
+                            if m.to in u.contacts.get("sms", [])), m.to)
+                click.secho(f"\n  >>> SMS to {who} ({m.to}) from {m.from_}:\n      "
+                            + m.body.replace("\n", "\n      ") + "\n", fg="yellow", bold=True)
+            time.sleep(0.2)
+
+    def _keyboard(self, emulator: Any, number: str) -> None:
+        phone = emulator.phone(number)
+        while not self.stopping.is_set():
+            try:
+                line = sys.stdin.readline()
+            except (OSError, ValueError):
                 return
-            await gw.acknowledge([event_id], "maria", "acknowledged from the demo console")
-            await gw.store.commit()
-            click.secho("Acknowledged by maria: every pipeline carrying the alarm stopped.", fg="green")
-
-        asyncio.run_coroutine_threadsafe(ack(), loop)
+            if not line:
+                return
+            if line.strip():
+                try:
+                    phone.reply(line.strip())
+                except Exception as exc:  # the demo must not die on a typo or a stopped gateway
+                    click.secho(f"could not send: {exc}", fg="red")
 
 
 def run_demo(data_dir: Path, port: int) -> None:
     from .cli import _load, _setup_logging, serve
 
     _setup_logging("info")
+    logging.getLogger("annunciator.twilio_emulator").setLevel(logging.WARNING)  # the console shows each SMS
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "annunciator.yaml"
     if not config.exists():

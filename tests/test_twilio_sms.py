@@ -8,9 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import raise_alarm, story
 
 from annunciator.testing.gateway import RunningGateway
+
+from conftest import raise_alarm, story
 
 pytestmark = pytest.mark.twilio
 
@@ -130,7 +131,7 @@ def test_ack_by_code_within_a_pin_session_and_status(sms_gateway, twilio_emulato
     b = raise_alarm(gw, "plant/b", "page", displayPath="Plant/B")
     phone.expect_sms(contains="Plant/A")
     phone.expect_sms(contains="Plant/B")
-    phone.reply(f"status 1234")
+    phone.reply("status 1234")
     status = phone.expect_sms(contains="2 unacknowledged")
     assert f"#{a['ackCode']} Plant/A" in status.body
     phone.reply(f"ack #{a['ackCode']} on my way")  # no PIN: the session from STATUS covers it
@@ -204,3 +205,34 @@ def test_error_replies_are_bounded(sms_gateway, twilio_emulator):
     for _ in range(4):
         phone.send("what?")
     assert sum("Not understood" in m.body for m in phone.messages) == 2
+
+
+def test_without_credentials_the_gateway_texts_through_its_builtin_emulator(gateway_config, start_gateway):
+    gateway_config["twilio"] = {"accounts": {"main": {}}}
+    gateway_config["profiles"]["sms"] = {"type": "twilio-sms"}
+    gateway_config["pipelines"] = {"page": {"blocks": [
+        {"type": "notification", "roster": "operators", "profile": "sms", "message": "{name}"}]}}
+    gw = start_gateway(gateway_config)
+    emulator = gw.gateway.extensions["twilio"].accounts["main"].emulator
+    assert emulator is not None
+    phone = emulator.phone(MARIA)
+    event = raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped")
+    phone.expect_sms(contains="Pump 1 tripped")
+    phone.reply("1234")
+    phone.expect_sms(contains="Acknowledged")
+    assert alarm(gw, event["id"])["acknowledged"] is True
+
+
+def test_conversation_history_keeps_both_directions(sms_gateway, twilio_emulator):
+    gw = sms_gateway()
+    phone = twilio_emulator.phone(MARIA)
+    raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped")
+    phone.expect_sms()
+    phone.reply("1234")
+    phone.expect_sms(contains="Acknowledged")
+    history = gw.client.get("/api/sms/messages", params={"number": MARIA}).json()["messages"]
+    assert [(m["direction"], m["user"]) for m in history] == [("out", "maria"), ("in", "maria"), ("out", "maria")]
+    assert history[1]["body"] == "****" and history[2]["body"].startswith("Acknowledged")  # no PIN kept
+    replies = gw.client.get("/api/audit", params={"code": "SMSReply"}).json()["audit"]
+    assert [a["text"] for a in replies] == ["****"]
+    assert httpx.get(f"{gw.url}/api/sms/messages").status_code == 401  # the API token is required

@@ -108,10 +108,10 @@ class TwilioService:
         account.emulator = emulator
         account.numbers = list(numbers)
         account.account_sid, account.auth_token, account.api_base = (
-            emulator.account_sid, emulator.auth_token, emulator.url)
+            emulator.account_sid, emulator.auth_token, emulator.api_base)
         log.warning("Twilio account %r has no credentials: using the built-in Twilio emulator at %s "
                     "(messages reach no phone; `annunciator sms` or the emulator's phones can reply)",
-                    account.name, emulator.url)
+                    account.name, emulator.api_base)
 
     async def stop(self) -> None:
         for account in self.accounts.values():

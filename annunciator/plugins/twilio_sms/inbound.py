@@ -9,6 +9,7 @@ bounded, so two robots cannot text each other forever.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +43,15 @@ UNKNOWN_SENDER = "This number is not registered with the alarm system."
 FORM = "application/x-www-form-urlencoded"
 
 
+# characters XML 1.0 cannot carry even escaped (C0 controls but tab/newline/CR, lone surrogates,
+# U+FFFE/U+FFFF): an answer echoing one (e.g. "TEST a\x01b") would not be TwiML at all
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _twiml(text: str | None) -> Response:
     r = MessagingResponse()
     if text:
-        r.message(text)
+        r.message(_NOT_XML.sub("\ufffd", text))
     return Response(str(r), media_type="text/xml")
 
 
@@ -110,12 +116,14 @@ class InboundSms:
         service = twilio_service(gw)
         account = service.owner_of(our)
         pool = service.pool_of(account, our) if account else None
-        state.record("in", our=our, their=their, body=body, sid=sid, username=user.username if user else None,
+        reply = parse_reply(body)
+        # a PIN is a secret: it is never stored, in the conversation or in the audit log
+        kept = re.sub(rf"(?<!\d){re.escape(reply.pin)}(?!\d)", "*" * len(reply.pin), body) if reply.pin else body
+        state.record("in", our=our, their=their, body=kept, sid=sid, username=user.username if user else None,
                      status="received", account=account.name if account else None, pool=pool)
         gw.audit.record(Code.SMS_REPLY, user=user.username if user else None,
-                        channel=profile.name if profile else "sms", contact=their, text=body[:1600],
+                        channel=profile.name if profile else "sms", contact=their, text=kept[:1600],
                         details={"messageSid": sid, "to": our})
-        reply = parse_reply(body)
         text = await Conversation(gw, state, profile, user, their, our, pool_key(account.name if account else None,
                                                                                  pool)).answer(reply)
         if text:
@@ -330,7 +338,9 @@ class Conversation:
         if k.action in ("ack", "shelve") and not self.state.in_session(self._name or ""):
             return self._bounded(f"Send your PIN first, then {word}.")
         if k.action == "ack":
-            return self._valid(k.reply or await self._ack(self._latest_events(), reply.text))
+            # acknowledge first: the keyword's reply text replaces the summary, not the action
+            done = await self._ack(self._latest_events(), reply.text)
+            return self._valid(k.reply or done)
         if k.action == "shelve":
             for e in self._latest_events():
                 await self.gw.shelve([e.source], k.minutes, self._name, f"keyword {word} (SMS)")

@@ -7,6 +7,7 @@ from typing import Any
 from annunciator import hookimpl
 from annunciator.core.config import Config
 
+from .history import history_routes
 from .inbound import InboundSms
 from .profile import TwilioSmsProfile
 from .text import non_gsm
@@ -19,7 +20,7 @@ def annunciator_profile_types() -> list[type[TwilioSmsProfile]]:
 
 @hookimpl
 def annunciator_routes(gateway: Any) -> list[Any]:
-    return InboundSms(gateway).routes()
+    return InboundSms(gateway).routes() + history_routes(gateway)
 
 
 @hookimpl
