@@ -29,6 +29,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .alarms import AckMode, Priority
@@ -120,6 +121,8 @@ class GatewaySettings(StrictModel):
     max_concurrent_sends: int = Field(256, ge=1)
     # how long an API call waits for its change to be stored before answering 503
     commit_timeout: Duration = 10.0
+    # /metrics (Prometheus) asks for an API bearer token unless this is true (a trusted network)
+    public_metrics: bool = False
 
 
 Contacts = dict[str, list[str]]
@@ -151,7 +154,7 @@ class ChannelSettings(StrictModel):
 
 class UserSettings(StrictModel):
     name: str = ""
-    id: int | None = Field(None, ge=1)
+    id: int | None = Field(None, ge=0)
     pin: str | None = None
     language: str = "en-US"
     contacts: dict[str, list[str] | str] = {}
@@ -256,6 +259,158 @@ class PipelineSettings(StrictModel):
         return v
 
 
+# --- tags, scripts, MQTT (annunciator.tags, annunciator.scripting; see docs/tags.md, docs/scripting.md) ---
+
+TAG_ALARM_MODES = ("above", "below", "equal", "not_equal", "bad_quality")
+
+
+class TagAlarmSettings(StrictModel):
+    """An alarm carried by a tag: active while the condition holds, cleared when it stops.
+
+    ``above``/``below``: value > / < setpoint (clears only once back past setpoint -/+ deadband);
+    ``equal``/``not_equal``: value == / != setpoint; ``bad_quality``: quality is not Good.
+    """
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^/:]+$")
+    mode: Literal["above", "below", "equal", "not_equal", "bad_quality"]
+    setpoint: Any = None
+    deadband: float = Field(0.0, ge=0)
+    priority: PriorityField = Priority.MEDIUM
+    display_path: str | None = None
+    label: str | None = None
+    notes: str = ""
+    ack_mode: AckMode | None = None
+    properties: dict[str, Any] = {}
+    pipelines: dict[str, str] = {}
+    enabled: bool = True
+
+    @field_validator("pipelines")
+    @classmethod
+    def _transitions(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_pipeline_keys(v)
+
+    @model_validator(mode="after")
+    def _setpoint(self) -> TagAlarmSettings:
+        if self.mode in ("above", "below") and (
+                isinstance(self.setpoint, bool) or not isinstance(self.setpoint, int | float)):
+            raise ValueError(f"mode {self.mode} needs a numeric setpoint, got {self.setpoint!r}")
+        if self.mode in ("equal", "not_equal") and self.setpoint is None:
+            raise ValueError(f"mode {self.mode} needs a setpoint")
+        return self
+
+
+class TagSettings(StrictModel):
+    """A memory tag defined in the config (``tags: {Plant/Tank1/Level: {type: Float8, ...}}``)."""
+
+    type: str
+    value: Any = None
+    # config tags are written by the outside world (API, scripts, MQTT) unless this is false
+    writable: bool = True
+    doc: str = ""
+    alarms: list[TagAlarmSettings] = []
+
+    @model_validator(mode="after")
+    def _typed(self) -> TagSettings:
+        from ..tags.types import check_type, coerce
+
+        check_type(self.type)
+        self.value = coerce(self.type, self.value)
+        names = [a.name for a in self.alarms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"alarm names must be unique per tag: {', '.join(dupes)}")
+        for a in self.alarms:
+            if a.mode in ("above", "below") and self.type not in ("Int4", "Int8", "Float8"):
+                raise ValueError(f"alarm {a.name}: mode {a.mode} needs a numeric tag, not {self.type}")
+            if a.mode in ("equal", "not_equal"):
+                a.setpoint = coerce(self.type, a.setpoint)
+        return self
+
+
+def _tag_paths(v: dict[str, TagSettings]) -> dict[str, TagSettings]:
+    from ..tags.types import check_path
+
+    for path in v:
+        check_path(path)
+        if path == "System" or path.startswith("System/"):
+            raise ValueError(f"tag {path}: System/ is reserved for the gateway's own tags")
+    return v
+
+
+class ScriptSettings(StrictModel):
+    """One script: a file in ``gateway.scripts_dir`` or inline code."""
+
+    name: str | None = None
+    script: str | None = None
+    code: str | None = None
+    timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _one(self) -> ScriptSettings:
+        if bool(self.script) == bool(self.code):
+            raise ValueError("give either script: FILE (in the scripts folder) or code: TEXT")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.script or "inline"
+
+
+def _script_or_file(v: Any) -> Any:
+    return {"script": v} if isinstance(v, str) else v
+
+
+class TimerScriptSettings(ScriptSettings):
+    """A script run on an APScheduler trigger: ``interval: 30s`` or ``cron: "*/5 * * * *"``."""
+
+    interval: Duration | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _trigger(self) -> TimerScriptSettings:
+        if (self.interval is None) == (self.cron is None):
+            raise ValueError("give either interval: DURATION or cron: EXPRESSION")
+        if self.interval is not None and self.interval < 0.1:
+            raise ValueError("interval must be at least 100ms")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+            except Exception as exc:  # APScheduler raises ValueError or a tz error
+                raise ValueError(f"cron {self.cron!r}: {exc}")
+        return self
+
+
+class ScriptsSettings(StrictModel):
+    """Gateway scripts: run once at start, and on timers."""
+
+    startup: list[Annotated[ScriptSettings, BeforeValidator(_script_or_file)]] = []
+    timers: list[Annotated[TimerScriptSettings, BeforeValidator(_script_or_file)]] = []
+    # POST /api/scripts/run (and `annunciator script run`): code execution for API token holders
+    api_run: bool = True
+    api_timeout: Duration = 60.0
+
+
+class MqttSettings(StrictModel):
+    """Publish every tag as retained JSON to ``<prefix>/<tag path>``; off while ``host`` is unset."""
+
+    host: str | None = None
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("annunciator", min_length=1, pattern=r"^[^+#]+$")
+    retain: bool = True
+    qos: int = Field(1, ge=0, le=2)
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = Field(30, ge=5, le=3600)
+    # export only tags under these paths (empty: every tag)
+    paths: list[str] = []
+    # accept writes to writable tags from <prefix>/<tag path>/set (JSON value)
+    write: bool = False
+
+
 class FileSettings(StrictModel):
     """The shape of the whole file before plugin-specific parts are checked."""
 
@@ -268,6 +423,9 @@ class FileSettings(StrictModel):
     overrides: list[Any] = []
     alarms: list[AlarmDefinition] = []
     pipelines: dict[str, PipelineSettings] = {}
+    tags: Annotated[dict[str, TagSettings], AfterValidator(_tag_paths)] = {}
+    scripts: ScriptsSettings = ScriptsSettings()
+    mqtt: MqttSettings = MqttSettings()
 
 
 @dataclass
@@ -526,6 +684,12 @@ def _check_references(config: Config) -> list[tuple[str, str]]:
             if user.id in ids:
                 problems.append((f"users.{name}.id", f"id {user.id} is already used by {ids[user.id]!r}"))
             ids[user.id] = name
+    for path, tag in s.tags.items():
+        for i, tag_alarm in enumerate(tag.alarms):
+            for transition, pipeline in tag_alarm.pipelines.items():
+                if pipeline not in s.pipelines:
+                    problems.append((f"tags.{path}.alarms[{i}].pipelines.{transition}",
+                                     f"unknown pipeline {pipeline!r}; defined: {installed(s.pipelines)}"))
     for i, alarm in enumerate(s.alarms):
         for transition, pipeline in alarm.pipelines.items():
             if pipeline not in s.pipelines:

@@ -151,7 +151,9 @@ class Gateway:
             return [dict(r._mapping) for r in conn.execute(sa.select(schema.users))]
 
         stored = {r["username"]: r for r in await self.store.read(load)}
-        next_id = max([r["id"] for r in stored.values()] + [u.id or 0 for u in configured.values()] + [0]) + 1
+        # ids start at 0, as in the seed module (scripts call system.twilio.getUser(0))
+        next_id = max([r["id"] for r in stored.values()] + [u.id for u in configured.values() if u.id is not None],
+                      default=-1) + 1
         for username, us in configured.items():
             row = stored.get(username)
             user = User(username=username, name=us.name, language=us.language,
@@ -161,7 +163,7 @@ class Gateway:
                 user.pin_hash, user.pin_salt = row["pin_hash"], row["pin_salt"]
                 user.pin_failures, user.locked_until = row["pin_failures"], row["locked_until"]
             else:
-                user.id = us.id or next_id
+                user.id = us.id if us.id is not None else next_id
                 next_id = max(next_id, user.id) + 1
             if us.pin is not None and not pin_matches(user, self.secret, us.pin):
                 set_pin(user, self.secret, us.pin)
@@ -269,6 +271,15 @@ class Gateway:
         for name in ("Sent", "Failed"):
             self.tags.define(f"System/Gateway/Notifications/{name}", "Int8", 0)
         self.tags.define("System/Gateway/Pipelines/Running", "Int4", 0)
+        # the Alarming folder, as the issue names it: what an operator's dashboard shows
+        for p in Priority:
+            self.tags.define(f"System/Gateway/Alarming/ActiveUnacked/{p.name.title()}", "Int4", 0,
+                             doc=f"active, unacknowledged, unshelved alarms of priority {p.name.title()}")
+        self.tags.define("System/Gateway/Alarming/PipelinesRunning", "Int4", 0)
+        self.tags.define("System/Gateway/Alarming/NotificationsPending", "Int4", 0,
+                         doc="notifications stored and not yet sent, failed or cancelled")
+        self.tags.define("System/Gateway/Alarming/NotificationsFailed", "Int8", 0,
+                         doc="notifications failed since the gateway started")
 
     def refresh_tags_soon(self) -> None:
         """Refresh the count tags soon: counting walks every open event, so during a flood the
@@ -293,9 +304,19 @@ class Gateway:
                 counts["Shelved"] += 1
             elif e.state in counts:
                 counts[e.state] += 1
+        by_priority = dict.fromkeys(Priority, 0)
+        for e in self.events.values():
+            if e.active and not e.acknowledged and not e.shelved:
+                by_priority[e.priority] += 1
         for name, value in counts.items():
             if self.tags.read(f"System/Gateway/Alarms/{name}").value != value:
                 self.tags.write(f"System/Gateway/Alarms/{name}", value)
+        # write() tells subscribers (MQTT) only of values that changed
+        for p, value in by_priority.items():
+            self.tags.write(f"System/Gateway/Alarming/ActiveUnacked/{p.name.title()}", value)
+        self.tags.write("System/Gateway/Alarming/PipelinesRunning", len(self.engine.live))
+        self.tags.write("System/Gateway/Alarming/NotificationsPending", self.dispatcher.pending())
+        self.tags.write("System/Gateway/Alarming/NotificationsFailed", self.dispatcher.failed)
         self.tags.write("System/Gateway/Pipelines/Running", len(self.engine.live))
         self.tags.write("System/Gateway/Notifications/Sent", self.dispatcher.sent)
         self.tags.write("System/Gateway/Notifications/Failed", self.dispatcher.failed)

@@ -210,6 +210,7 @@ messages = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("event_ids", sa.JSON),
     sa.Column("notification_id", ID),
+    sa.Column("duration", sa.Integer),  # seconds, for calls
     sa.Column("created", UTCDateTime, nullable=False, index=True),
     sa.Column("updated", UTCDateTime, nullable=False),
     sa.Column("read", sa.Boolean, nullable=False, default=False),

@@ -8,6 +8,7 @@ from annunciator import hookimpl
 from annunciator.core.config import Config
 
 from .settings import TwilioSettings
+from .stats import twilio_stats
 
 
 @hookimpl
@@ -46,3 +47,13 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
                                "Twilio emulator (messages reach no phone)"))
     return problems
 
+
+
+@hookimpl
+def annunciator_register_tags(gateway: Any, tags: Any) -> None:
+    twilio_stats(gateway).define_tags()
+
+
+@hookimpl
+async def annunciator_startup(gateway: Any) -> None:
+    await twilio_stats(gateway).load()

@@ -109,6 +109,8 @@ class InboundSms:
         state = sms_state(gw)
         await state.load()
         sid, their, our, body = params["MessageSid"], params["From"], params["To"], params["Body"]
+        # PostgreSQL text cannot hold NUL: one in a stored body would fail the whole group commit
+        body = body.replace("\x00", "")
         if state.seen_before(sid) or await self._stored(sid):
             return _twiml(None)  # a replay: answered, nothing done twice
         profile = self._profile_for(our)
@@ -312,6 +314,8 @@ class Conversation:
 
     async def _shelve(self, reply: Reply) -> str:
         assert self.user is not None and reply.source is not None
+        if len(reply.source) > 500:  # the shelves table's limit; longer is no source name anyway
+            return "No such source: names are at most 500 characters."
         if reply.kind == "test":
             minutes = reply.minutes or 60
             try:

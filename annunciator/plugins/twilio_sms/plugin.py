@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from annunciator import hookimpl
@@ -10,12 +11,20 @@ from annunciator.core.config import Config
 from .history import history_routes
 from .inbound import InboundSms
 from .profile import TwilioSmsProfile
+from .scripting import TwilioFunctions
 from .text import non_gsm
 
 
 @hookimpl
 def annunciator_profile_types() -> list[type[TwilioSmsProfile]]:
     return [TwilioSmsProfile]
+
+
+@hookimpl
+def annunciator_scripting_namespaces(gateway: Any) -> dict[str, Any]:
+    from annunciator.scripting.runner import Bridge
+
+    return {"twilio": TwilioFunctions(gateway, Bridge(asyncio.get_running_loop()))}
 
 
 @hookimpl

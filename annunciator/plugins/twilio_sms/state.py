@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from annunciator.core import schema
 from annunciator.core.alarms import new_id, utcnow
+from annunciator.plugins.twilio.stats import twilio_stats
 
 if TYPE_CHECKING:
     from annunciator.core.gateway import Gateway
@@ -43,8 +44,6 @@ class SmsState:
         self.notified: dict[str, set[str]] = {}  # username -> events sent to them (ACK ALL)
         self.error_replies: Counter[str] = Counter()  # their number -> help/error replies since a valid one
         self.seen: OrderedDict[str, None] = OrderedDict()
-        self.sent: Counter[str] = Counter()  # username ("" for unknown) -> messages sent
-        self.received: Counter[str] = Counter()
         self.loaded = False
 
     async def load(self) -> None:
@@ -60,9 +59,6 @@ class SmsState:
                                                 sa.func.max(m.c.created))
                                       .where(m.c.direction == "out", m.c.channel == "sms")
                                       .group_by(m.c.pool, m.c.account, m.c.their_number, m.c.our_number)).all(),
-                "counts": conn.execute(sa.select(m.c.direction, m.c.username, sa.func.count())
-                                       .where(m.c.channel == "sms")
-                                       .group_by(m.c.direction, m.c.username)).all(),
                 "latest": conn.execute(sa.select(m.c.username, m.c.event_ids, m.c.notification_id, m.c.our_number,
                                                  n.c.pipeline, n.c.block, m.c.created)
                                        .join(n, n.c.id == m.c.notification_id)
@@ -76,8 +72,6 @@ class SmsState:
         for pool, account, their, our, _ in sorted(data["pairs"], key=lambda r: r[4]):
             self.greeted.add((pool_key(account, pool), their))
             self.last_sender[their] = our
-        for direction, username, count in data["counts"]:
-            (self.sent if direction == "out" else self.received)[username or ""] += count
         for username, event_ids, nid, our, pipeline, block, _ in data["latest"]:
             if username:
                 self.latest[username] = Latest(list(event_ids or []), nid, pipeline, block, our)
@@ -140,7 +134,7 @@ class SmsState:
             "pool": pool, "our_number": our, "their_number": their, "username": username, "body": body,
             "status": status, "error": error, "event_ids": event_ids or [], "notification_id": notification_id,
             "created": now, "updated": now, "read": direction == "out", "deleted": False})
-        (self.sent if direction == "out" else self.received)[username or ""] += 1
+        twilio_stats(self.gateway).count("sms", direction, username)
         if direction == "out" and our:
             self.last_sender[their] = our
         return row_id

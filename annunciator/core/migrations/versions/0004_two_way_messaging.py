@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("event_ids", sa.JSON(), nullable=True),
         sa.Column("notification_id", sa.String(length=32), nullable=True),
+        sa.Column("duration", sa.Integer(), nullable=True),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
         sa.Column("read", sa.Boolean(), nullable=False),

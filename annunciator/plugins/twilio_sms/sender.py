@@ -1,0 +1,149 @@
+"""Sending one SMS through Twilio: opt-out, sender choice, footer, pacing, the official client, and
+what Twilio's answer means. Used by the ``twilio-sms`` profile and by ``system.twilio.sendMessage``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from twilio.base.exceptions import TwilioException, TwilioRestException
+
+from annunciator.core.profiles import DeliveryResult
+from annunciator.plugins.twilio.http import retry_after
+from annunciator.plugins.twilio.service import twilio_service
+from annunciator.plugins.twilio.sms import MAX_BODY_CHARS
+
+from .state import ALL_POOLS, SmsState, pool_key, sms_state
+from .text import smart_encode
+
+if TYPE_CHECKING:
+    from annunciator.core.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+# Twilio error codes that no retry can fix (https://www.twilio.com/docs/api/errors)
+OPTED_OUT = 21610
+PERMANENT = {21211: "invalid 'To' number", 21614: "not a mobile number", 21612: "cannot route to this number",
+             21408: "no permission to send to this region", 21606: "'From' is not a number of this account",
+             21617: "message too long", 21602: "message body is required", 30004: "message blocked"}
+
+
+async def send_sms(gateway: Gateway, to: str, text: str, *, account: str | None = None, pool: str | None = None,
+                   from_: str | None = None, messaging_service: bool = False, footer: str = "",
+                   smart: bool = True, username: str | None = None, event_ids: list[str] | None = None,
+                   notification_id: str | None = None,
+                   sending: Callable[[str], Callable[[], None]] | None = None) -> DeliveryResult:
+    """Send ``text`` to ``to``; the result says sent (with the Message SID) or why not, and whether a
+    retry could help. ``sending(sender)`` is called just before the request and returns an undo
+    for a failure (the profile notes what a reply will refer to before the phone can answer)."""
+    service = twilio_service(gateway)
+    await service.start()
+    state = sms_state(gateway)
+    await state.load()
+    acct = service.account(account)
+    scope = pool_key(acct.name, pool)
+    # A timed-out request may have created the message all the same (Twilio has no idempotency
+    # key for Messages): before sending again, ask Twilio whether it did, so nobody gets it twice.
+    unsure: dict[str, tuple[str, str | None, datetime]] = gateway.extensions.setdefault("twilio_sms_unsure", {})
+    key = notification_id or f"{to}|{text}"
+    if key in unsure:
+        sent_body, sender, since = unsure[key]
+        checked, found = await _find_sent(acct, to, sent_body, sender, since)
+        if not checked:
+            return DeliveryResult.failed("the last attempt timed out and Twilio cannot tell yet whether it "
+                                         "sent the message; not sending it again before it can")
+        # a request that timed out here may still be on its way to Twilio: "not there" counts only
+        # once it would have been answered for sure
+        settled = since + timedelta(seconds=2 * acct.settings.timeout + 1)
+        if found is None and datetime.now(UTC) < settled:
+            return DeliveryResult.failed("the last attempt timed out and Twilio has no such message yet; "
+                                         "waiting before sending it again",
+                                         retry_after=(settled - datetime.now(UTC)).total_seconds())
+        del unsure[key]
+        if found is not None:
+            state.greeted.add((scope, to))
+            if sending is not None:
+                sending(found.from_ or sender or "")
+            state.record("out", our=found.from_ or sender, their=to, body=sent_body, sid=found.sid,
+                         username=username, status=found.status, account=acct.name, pool=pool,
+                         event_ids=event_ids, notification_id=notification_id)
+            return DeliveryResult.sent(found.sid)
+    if state.opted_out(to, scope):
+        return DeliveryResult.failed(f"{to} has opted out of SMS from this sender (replied STOP)", retryable=False)
+    if from_ is not None and from_ not in acct.numbers:
+        return DeliveryResult.failed(f"{from_} is not a number of Twilio account {acct.name}", retryable=False)
+    our = from_ or acct.pick(pool, sticky=state.last_sender.get(to))
+    first = (scope, to) not in state.greeted
+    body = text + (f"\n{footer}" if footer and first else "")
+    if smart:
+        body = smart_encode(body)
+    if not body.strip():
+        return DeliveryResult.failed("the message is empty", retryable=False)
+    if len(body) > MAX_BODY_CHARS:
+        return DeliveryResult.failed(f"the message is {len(body)} characters; Twilio takes at most "
+                                     f"{MAX_BODY_CHARS}", retryable=False)
+    params: dict[str, Any] = {"to": to, "body": body, "status_callback": service.webhook_url("/twilio/sms/status")}
+    if messaging_service and acct.settings.messaging_service_sid and from_ is None:
+        params["messaging_service_sid"] = acct.settings.messaging_service_sid
+    else:
+        params["from_"] = our
+        state.last_sender[to] = our  # sticky from now: a message racing this one takes the same sender
+    # the footer is claimed before any await (pacing, the request), so two messages racing to a
+    # new number do not both carry it; a failed send gives it back
+    state.greeted.add((scope, to))
+    await acct.pace(our)
+    assert acct.client is not None
+    undo = sending(our) if sending is not None else None
+    started = datetime.now(UTC)
+    try:
+        message = await acct.client.messages.create_async(**params)
+    except Exception as exc:
+        if isinstance(exc, TimeoutError | aiohttp.ClientError):
+            unsure[key] = (body, params.get("from_"), started)
+        if first:
+            state.greeted.discard((scope, to))
+        if undo is not None:
+            undo()
+        if isinstance(exc, TwilioRestException):
+            return _failure(exc, to, state)
+        if isinstance(exc, TimeoutError):
+            return DeliveryResult.failed(f"Twilio did not answer within {acct.settings.timeout:g}s")
+        if isinstance(exc, aiohttp.ClientError):
+            return DeliveryResult.failed(f"cannot reach Twilio at {acct.api_base}: {exc}")
+        raise
+    state.record("out", our=message.from_ or our, their=to, body=body, sid=message.sid, username=username,
+                 status=message.status, account=acct.name, pool=pool, event_ids=event_ids,
+                 notification_id=notification_id)
+    return DeliveryResult.sent(message.sid)
+
+
+async def _find_sent(acct: Any, to: str, body: str, sender: str | None, since: datetime) -> tuple[bool, Any]:
+    """(whether Twilio could be asked, the message it has for this attempt or None)."""
+    filters: dict[str, Any] = {"to": to, "page_size": 20, "limit": 20}
+    if sender:
+        filters["from_"] = sender
+    try:
+        recent = await acct.client.messages.list_async(**filters)
+    except (TwilioException, TimeoutError, aiohttp.ClientError) as exc:
+        log.info("cannot ask Twilio about a timed-out message to %s: %s", to, exc)
+        return False, None
+    # Twilio's dates have whole seconds; the clocks of two machines differ a little too
+    earliest = since - timedelta(seconds=5)
+    return True, next((m for m in recent if m.body == body and m.date_created and m.date_created >= earliest), None)
+
+
+def _failure(exc: TwilioRestException, to: str, state: SmsState) -> DeliveryResult:
+    code, status = exc.code, exc.status
+    what = f"Twilio {status} error {code}: {exc.msg}"
+    if code == OPTED_OUT:
+        # Twilio refuses: the person replied STOP to this sender at some point; remember it
+        state.set_opt_out(to, ALL_POOLS, True, "provider")
+        return DeliveryResult.failed(f"{to} has opted out of SMS (Twilio error 21610)", retryable=False)
+    if code in PERMANENT:
+        return DeliveryResult.failed(f"{what} ({PERMANENT[code]})", retryable=False)
+    if status == 429 or (status or 0) >= 500:
+        return DeliveryResult.failed(what, retry_after=retry_after.get())
+    return DeliveryResult.failed(what, retryable=False)
