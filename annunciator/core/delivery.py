@@ -68,6 +68,7 @@ class Delivery:
         self.gateway = gateway
         self.batches = Batches(gateway, self)
         self._reported: dict[str, str] = {}  # provider id -> latest delivery status acted on
+        self._recent: dict[str, Notification] = {}  # provider id -> notification, for delivery reports
 
     # --- who ------------------------------------------------------------------------------
 
@@ -155,7 +156,9 @@ class Delivery:
         """Why no alarm of the notification needs anyone any more (None: one still does)."""
         pipeline = self.gateway.pipelines.get(n.pipeline or "")
         dropout = pipeline.dropout if pipeline is not None else DEFAULT_DROPOUT
-        if any(still_wanted(e, dropout) for e in n.events) or not n.events:
+        if not n.events:
+            return "its alarms are finished"
+        if any(still_wanted(e, dropout) for e in n.events):
             return None
         e = n.events[-1]
         if e.acknowledged and "acknowledged" in dropout:
@@ -189,14 +192,16 @@ class Delivery:
                                   event_ids=n.event_ids, notification_id=new.id,
                                   details={"from": n.id, "chainId": n.chain_id})
 
+    def sent(self, n: Notification) -> None:
+        """Remember a notification the provider accepted, so its delivery report needs no read."""
+        if n.provider_id:
+            self._recent[n.provider_id] = n
+            if len(self._recent) > 10_000:
+                self._recent.pop(next(iter(self._recent)))
+
     async def delivery_status(self, provider_id: str, status: str, error: str | None = None) -> bool:
         """A provider reports what became of a message it accepted (e.g. a Twilio status
         callback). Returns False when no notification has that provider id."""
-        t = schema.notifications
-
-        def load(conn: sa.Connection) -> Any:
-            return conn.execute(sa.select(t).where(t.c.provider_id == provider_id)).first()
-
         status = status.lower()
         # decided before any await: two copies of one report in flight must not both act
         if _rank(status) <= _rank(self._reported.get(provider_id)):
@@ -204,28 +209,41 @@ class Delivery:
         self._reported[provider_id] = status
         if len(self._reported) > 10_000:
             self._reported.pop(next(iter(self._reported)))
-        row = await self.gateway.store.read(load)
-        if row is None:
-            self._reported.pop(provider_id, None)
-            return False
-        row = dict(row._mapping)
-        log_entry = {"at": utcnow().isoformat(), "status": status, "error": error}
-        if _rank(status) <= _rank(row["delivery_status"]):
+        n = self._recent.get(provider_id)
+        if n is None:
+            n = await self._load_sent(provider_id)
+            if n is None:
+                self._reported.pop(provider_id, None)
+                return False
+        if _rank(status) <= _rank(n.delivery_status):
             return True  # a replayed or late callback changes nothing
-        attempts = [*(row["attempt_log"] or []), log_entry]
-        self.gateway.store.update(t, row["id"], {"delivery_status": status, "attempt_log": attempts,
-                                                 "updated": utcnow()})
-        user = self.gateway.users.get(row["username"])
-        n = self.gateway.notification_from_row(row, user) if user else None
+        n.delivery_status = status
+        n.attempt_log.append({"at": utcnow().isoformat(), "status": status, "error": error})
+        self.gateway.store.update(schema.notifications, n.id, {
+            "delivery_status": status, "attempt_log": list(n.attempt_log), "updated": utcnow()})
         if status in DELIVERED or status in UNDELIVERED:
             code = Code.NOTIFICATION_DELIVERED if status in DELIVERED else Code.NOTIFICATION_UNDELIVERED
-            self.gateway.audit.record(code, user=row["username"], channel=row["profile"], contact=row["contact"],
-                                      text=f"{status}{': ' + error if error else ''}", event_ids=row["event_ids"],
-                                      notification_id=row["id"], details={"providerId": provider_id})
-        if n is not None:
-            origin = self.origin_of(n)
-            origin.trace("delivery", f"{n.user.username} via {n.link}: provider reports {status}"
-                                     f"{' (' + error + ')' if error else ''}")
-            if status in UNDELIVERED:
-                self.failed(n, f"provider reported {status}{' (' + error + ')' if error else ''}")
+            self.gateway.audit.record(code, user=n.user.username, channel=n.profile, contact=n.contact,
+                                      text=f"{status}{': ' + error if error else ''}", event_ids=n.event_ids,
+                                      notification_id=n.id, details={"providerId": provider_id})
+        self.origin_of(n).trace("delivery", f"{n.user.username} via {n.link}: provider reports {status}"
+                                            f"{' (' + error + ')' if error else ''}")
+        if status in UNDELIVERED:
+            self.failed(n, f"provider reported {status}{' (' + error + ')' if error else ''}")
         return True
+
+    async def _load_sent(self, provider_id: str) -> Notification | None:
+        """A notification sent before this gateway started (or long ago), from the store."""
+        t = schema.notifications
+
+        def load(conn: sa.Connection) -> Any:
+            return conn.execute(sa.select(t).where(t.c.provider_id == provider_id)).first()
+
+        row = await self.gateway.store.read(load)
+        if row is None:
+            return None
+        row = dict(row._mapping)
+        user = self.gateway.users.get(row["username"])
+        if user is None:
+            return None
+        return self.gateway.notification_from_row(row, user)

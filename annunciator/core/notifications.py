@@ -118,6 +118,10 @@ class Dispatcher:
         self.sent = 0
         self.failed = 0
 
+    def pending(self) -> int:
+        """Notifications stored and not finished (sending, retrying or waiting to be sent)."""
+        return sum(1 for n in self._live.values() if n.status == PENDING)
+
     def submit(self, notification: Notification) -> None:
         """Send once the current store batch (which holds its row) commits."""
         self._track(notification)
@@ -174,6 +178,7 @@ class Dispatcher:
             if result.ok:
                 n.provider_id = result.provider_id
                 n.sent_at = utcnow()
+                self.gateway.delivery.sent(n)
                 self._finish(n, SENT)
                 return
             n.last_error = result.error

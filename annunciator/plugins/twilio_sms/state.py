@@ -59,6 +59,10 @@ class SmsState:
                                                 sa.func.max(m.c.created))
                                       .where(m.c.direction == "out", m.c.channel == "sms")
                                       .group_by(m.c.pool, m.c.account, m.c.their_number, m.c.our_number)).all(),
+                # Twilio retries a webhook within minutes: a day of inbound ids recognises any replay
+                "recent": conn.execute(sa.select(m.c.id).where(
+                    m.c.direction == "in", m.c.channel == "sms",
+                    m.c.created >= utcnow() - timedelta(days=1)).order_by(m.c.created)).scalars().all(),
                 "latest": conn.execute(sa.select(m.c.username, m.c.event_ids, m.c.notification_id, m.c.our_number,
                                                  n.c.pipeline, n.c.block, m.c.created)
                                        .join(n, n.c.id == m.c.notification_id)
@@ -72,6 +76,8 @@ class SmsState:
         for pool, account, their, our, _ in sorted(data["pairs"], key=lambda r: r[4]):
             self.greeted.add((pool_key(account, pool), their))
             self.last_sender[their] = our
+        for sid in data["recent"][-_SEEN_SIDS:]:
+            self.seen[sid] = None
         for username, event_ids, nid, our, pipeline, block, _ in data["latest"]:
             if username:
                 self.latest[username] = Latest(list(event_ids or []), nid, pipeline, block, our)
