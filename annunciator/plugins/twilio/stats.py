@@ -34,16 +34,9 @@ class UserStats:
     messages_received: int = 0
     calls_sent: int = 0
     calls_received: int = 0
-    call_seconds_sent: int = 0
-    call_seconds_received: int = 0
-
-    @property
-    def call_minutes_sent(self) -> int:
-        return math.ceil(self.call_seconds_sent / 60)  # billed as Twilio bills: started minutes
-
-    @property
-    def call_minutes_received(self) -> int:
-        return math.ceil(self.call_seconds_received / 60)
+    # each call rounded up to whole minutes, as Twilio bills them
+    call_minutes_sent: int = 0
+    call_minutes_received: int = 0
 
     def values(self) -> tuple[int, ...]:
         return (self.messages_sent, self.messages_received, self.calls_sent, self.calls_received,
@@ -64,22 +57,23 @@ class TwilioStats:
         m = schema.messages
 
         def read(conn: sa.Connection) -> list[Any]:
-            return conn.execute(sa.select(m.c.channel, m.c.direction, m.c.username, sa.func.count(),
-                                          sa.func.coalesce(sa.func.sum(m.c.duration), 0))
+            # (duration + 59) / 60 is integer division on SQLite and PostgreSQL alike: minutes per call
+            minutes = sa.func.coalesce(sa.func.sum((m.c.duration + 59) / 60), 0)
+            return conn.execute(sa.select(m.c.channel, m.c.direction, m.c.username, sa.func.count(), minutes)
                                 .where(m.c.channel.in_(["sms", "voice"]))
                                 .group_by(m.c.channel, m.c.direction, m.c.username)).all()
 
-        for channel, direction, username, count, seconds in await self.gateway.store.read(read):
-            self._add(channel, direction, username, int(count), int(seconds or 0))
+        for channel, direction, username, count, minutes in await self.gateway.store.read(read):
+            self._add(channel, direction, username, int(count), int(minutes or 0))
         self.loaded = True
         self.publish_soon()
 
     def count(self, channel: str, direction: str, username: str | None, seconds: int = 0, calls: int = 1) -> None:
-        """One message or call more (``calls=0`` adds only minutes to a call already counted)."""
-        self._add(channel, direction, username, calls, seconds)
+        """One message or call more (``calls=0`` adds only the minutes of a call already counted)."""
+        self._add(channel, direction, username, calls, math.ceil(max(seconds, 0) / 60))
         self.publish_soon()
 
-    def _add(self, channel: str, direction: str, username: str | None, count: int, seconds: int) -> None:
+    def _add(self, channel: str, direction: str, username: str | None, count: int, minutes: int) -> None:
         s = self.by_user.setdefault(username or "", UserStats())
         out = direction == "out"
         if channel == "sms":
@@ -89,10 +83,10 @@ class TwilioStats:
                 s.messages_received += count
         elif out:
             s.calls_sent += count
-            s.call_seconds_sent += seconds
+            s.call_minutes_sent += minutes
         else:
             s.calls_received += count
-            s.call_seconds_received += seconds
+            s.call_minutes_received += minutes
 
     def of(self, username: str) -> UserStats:
         return self.by_user.get(username, UserStats())
@@ -104,8 +98,8 @@ class TwilioStats:
             t.messages_received += s.messages_received
             t.calls_sent += s.calls_sent
             t.calls_received += s.calls_received
-            t.call_seconds_sent += s.call_seconds_sent
-            t.call_seconds_received += s.call_seconds_received
+            t.call_minutes_sent += s.call_minutes_sent
+            t.call_minutes_received += s.call_minutes_received
         return t
 
     # --- tags -----------------------------------------------------------------------------

@@ -130,6 +130,10 @@ class Call:
         """Key ``digits`` into the current ``<Gather>`` (``"1234#"`` ends on the finish key); wait for what follows."""
         return self._drive(("digits", digits), timeout)
 
+    def speak(self, words: str, *, timeout: float = 5.0) -> Call:
+        """Say ``words`` to the current ``<Gather>`` (it must take ``input="speech"``); wait for what follows."""
+        return self._drive(("speech", words), timeout)
+
     def no_input(self, *, timeout: float = 5.0) -> Call:
         """Let the current ``<Gather>`` time out without input."""
         return self._drive(("none",), timeout)
@@ -345,6 +349,11 @@ class Call:
                     if finished:
                         extra["FinishedOnKey"] = finished
                     return ("fetch", action_url, method, extra)
+                if cmd[0] == "speech":
+                    if "speech" not in (verb.get("input") or "dtmf").split():
+                        return None  # a keypad-only Gather hears nothing: it times out, as on a real call
+                    return ("fetch", action_url, method, {"SpeechResult": cmd[1], "Confidence": "0.92",
+                                                          "msg": "Gather End"})
                 if cmd[0] == "none":
                     if verb.get("actionOnEmptyResult") == "true":
                         return ("fetch", action_url, method, {"Digits": "", "msg": "Gather End"})

@@ -159,13 +159,19 @@ class Phone:
         """Calls placed to this phone, oldest first."""
         return self.emulator.find_calls(to=self.number)
 
-    def expect_call(self, *, timeout: float = 5.0) -> Call:
-        """The oldest call to this phone not returned before, once it waits for input or has ended."""
+    def reject_calls(self) -> None:
+        """Decline every call from now on (Twilio reports ``busy``); ``call_behavior = "human"`` undoes it."""
+        self.call_behavior = "busy"
+
+    def expect_call(self, *, contains: str | None = None, timeout: float = 5.0) -> Call:
+        """The oldest call to this phone not returned before, once it waits for input or has ended
+        (and, with ``contains``, once something said so far contains it)."""
         deadline = time.monotonic() + timeout
         with self.emulator._cond:
             while True:
                 for call in self.calls:
-                    if call.sid not in self._seen_calls and call.settled:
+                    if (call.sid not in self._seen_calls and call.settled
+                            and (contains is None or any(contains in s for s in call.says))):
                         self._seen_calls.add(call.sid)
                         return call
                 remaining = deadline - time.monotonic()

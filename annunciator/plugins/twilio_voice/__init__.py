@@ -1,0 +1,1 @@
+"""Twilio voice: alarm calls with a PIN and keypad acknowledgement, call scripts, call statistics."""
