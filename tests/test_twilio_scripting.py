@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+
 from conftest import raise_alarm
 
 pytestmark = pytest.mark.twilio

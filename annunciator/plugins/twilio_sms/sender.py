@@ -16,7 +16,7 @@ from annunciator.plugins.twilio.http import retry_after
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.sms import MAX_BODY_CHARS
 
-from .state import ALL_POOLS, SmsState, pool_key, sms_state
+from .state import SmsState, pool_key, sms_state
 from .text import smart_encode
 
 if TYPE_CHECKING:
@@ -108,15 +108,16 @@ async def send_sms(gateway: Gateway, to: str, text: str, *, account: str | None 
         if undo is not None:
             undo()
         if isinstance(exc, TwilioRestException):
-            return _failure(exc, to, state)
+            return _failure(exc, to, state, scope)
         if isinstance(exc, TimeoutError):
             return DeliveryResult.failed(f"Twilio did not answer within {acct.settings.timeout:g}s")
         if isinstance(exc, aiohttp.ClientError):
             return DeliveryResult.failed(f"cannot reach Twilio at {acct.api_base}: {exc}")
         raise
+    # stamped with when it went out: the phone's answer may be recorded before Twilio's response
     state.record("out", our=message.from_ or our, their=to, body=body, sid=message.sid, username=username,
                  status=message.status, account=acct.name, pool=pool, event_ids=event_ids,
-                 notification_id=notification_id)
+                 notification_id=notification_id, at=started)
     return DeliveryResult.sent(message.sid)
 
 
@@ -135,12 +136,13 @@ async def _find_sent(acct: Any, to: str, body: str, sender: str | None, since: d
     return True, next((m for m in recent if m.body == body and m.date_created and m.date_created >= earliest), None)
 
 
-def _failure(exc: TwilioRestException, to: str, state: SmsState) -> DeliveryResult:
+def _failure(exc: TwilioRestException, to: str, state: SmsState, scope: str) -> DeliveryResult:
     code, status = exc.code, exc.status
     what = f"Twilio {status} error {code}: {exc.msg}"
     if code == OPTED_OUT:
-        # Twilio refuses: the person replied STOP to this sender at some point; remember it
-        state.set_opt_out(to, ALL_POOLS, True, "provider")
+        # Twilio refuses: the person replied STOP to this sender at some point; remember it for
+        # the pool the sender belongs to (Twilio's opt-out is per sender, not per account)
+        state.set_opt_out(to, scope, True, "provider")
         return DeliveryResult.failed(f"{to} has opted out of SMS (Twilio error 21610)", retryable=False)
     if code in PERMANENT:
         return DeliveryResult.failed(f"{what} ({PERMANENT[code]})", retryable=False)

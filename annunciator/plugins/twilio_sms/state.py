@@ -132,8 +132,8 @@ class SmsState:
     def record(self, direction: str, *, our: str | None, their: str, body: str, sid: str | None = None,
                username: str | None = None, status: str | None = None, account: str | None = None,
                pool: str | None = None, event_ids: list[str] | None = None,
-               notification_id: str | None = None, error: str | None = None) -> str:
-        now = utcnow()
+               notification_id: str | None = None, error: str | None = None, at: datetime | None = None) -> str:
+        now = at or utcnow()
         row_id = sid or new_id()
         self.gateway.store.insert(schema.messages, {
             "id": row_id, "channel": "sms", "direction": direction, "provider_id": sid, "account": account,
