@@ -577,6 +577,77 @@ def override_remove(api: Api, override_id: str) -> None:
     click.echo(f"removed override {o['id']}")
 
 
+@main.command("tags")
+@click.argument("path", default="")
+@click.option("--set", "set_value", metavar="VALUE", help="write VALUE (JSON, or text) to the tag at PATH")
+@click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
+@_api_options
+def tags_cmd(api: Api, path: str, set_value: str | None, as_json: bool) -> None:
+    """Print the tag tree (under PATH) of a running gateway, or write one tag with --set."""
+    if set_value is not None:
+        if not path:
+            raise click.UsageError("--set needs a tag PATH")
+        try:
+            value = json.loads(set_value)
+        except ValueError:
+            value = set_value
+        tag = api.call("POST", f"/api/tags/{path}", {"value": value})
+        click.echo(f"{tag['path']} = {json.dumps(tag['value'])}  [{tag['quality']}]")
+        return
+    items = api.call("GET", "/api/tags", params={"path": path} if path else None)["tags"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    _print_tag_tree(items)
+
+
+def _print_tag_tree(items: list[dict[str, Any]]) -> None:
+    """Folders once, indented; each tag with its type, value and quality; datasets as a table."""
+    shown: set[tuple[str, ...]] = set()
+    for t in items:
+        parts = t["path"].split("/")
+        for depth in range(len(parts) - 1):
+            folder = tuple(parts[:depth + 1])
+            if folder not in shown:
+                shown.add(folder)
+                click.echo("  " * depth + parts[depth] + "/")
+        indent = "  " * (len(parts) - 1)
+        quality = "" if t["quality"] == "Good" else f"  [{t['quality']}]"
+        value = t["value"]
+        if t["dataType"] == "Dataset" and isinstance(value, dict):
+            rows = value.get("rows", [])
+            click.echo(f"{indent}{parts[-1]:<28} Dataset   {len(rows)} row(s){quality}")
+            click.echo(f"{indent}    " + " | ".join(value.get("columns", [])))
+            for row in rows:
+                click.echo(f"{indent}    " + " | ".join("" if v is None else str(v) for v in row))
+        else:
+            click.echo(f"{indent}{parts[-1]:<28} {t['dataType']:<9} {json.dumps(value)}{quality}")
+
+
+@main.group()
+def script() -> None:
+    """Run scripts in a running gateway (as Ignition's script console does)."""
+
+
+@script.command("run")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_api_options
+def script_run(api: Api, file: Path) -> None:
+    """Run FILE in the gateway with `system` in scope; print what it printed (and its `result`).
+    Exit 1 when it fails, naming the file and line."""
+    source = file.read_text(encoding="utf-8")
+    out = api.call("POST", "/api/scripts/run", {"source": source, "filename": file.name})
+    if out.get("stdout"):
+        click.echo(out["stdout"], nl=False)
+    if out.get("result") is not None:
+        click.echo(json.dumps(out["result"], indent=2, default=str))
+    if not out.get("ok"):
+        click.echo(f"error at {out.get('where')}: {out.get('error')}", err=True)
+        if out.get("traceback"):
+            click.echo(out["traceback"].rstrip(), err=True)
+        sys.exit(1)
+
+
 def _print_overrides(items: list[dict[str, Any]], tz: Any) -> None:
     from .core.oncall import ALWAYS, format_local
 

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from annunciator.testing.gateway import RunningGateway
+from annunciator.testing.gateway import RunningGateway, free_port
 
 
 def raise_alarm(gw: RunningGateway, source: str, pipeline: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -55,3 +63,60 @@ def pipeline_gateway_once(tmp_path_factory):
     gw = RunningGateway(write_config(tmp / "annunciator.yaml", config)).start()
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """Our own broker on a free port (the machine's may not exist or may hold stale retained values)."""
+    binary = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+    if binary is None:
+        pytest.skip("mosquitto is not installed (Debian: apt-get install -y mosquitto; .ci/run does this)")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    with open(tmp_path / "mosquitto.log", "wb") as log:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mosquitto did not start: {(tmp_path / 'mosquitto.log').read_text()}")
+                time.sleep(0.05)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class Subscriber:
+    """A paho client that records the last message per topic."""
+
+    def __init__(self, host: str, port: int, topic: str):
+        import paho.mqtt.client as mqtt
+
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.retained: dict[str, bool] = {}
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.on_message = self._message
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.lock:
+            self.messages[msg.topic] = json.loads(msg.payload)
+            self.retained[msg.topic] = bool(msg.retain)
+
+    def value(self, topic: str) -> Any:
+        with self.lock:
+            return self.messages.get(topic, {}).get("value")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

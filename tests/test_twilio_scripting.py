@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import raise_alarm
+from conftest import Subscriber, raise_alarm
 
 pytestmark = pytest.mark.twilio
 
@@ -64,8 +64,12 @@ def twilio_gateway(gateway_config, start_gateway, twilio_emulator):
     return start
 
 
-def test_send_message_from_a_script_counts_everywhere(twilio_gateway, twilio_emulator):
+def test_send_message_from_a_script_counts_everywhere(twilio_gateway, twilio_emulator, gateway_config, mosquitto):
+    host, port = mosquitto
+    gateway_config["mqtt"] = {"host": host, "port": port, "prefix": "plant"}
     gw = twilio_gateway()
+    topic = "plant/System/Gateway/Twilio/MessagesSent"
+    broker = Subscriber(host, port, topic)
     before = tag(gw, "System/Gateway/Twilio/MessagesSent")
     out = run_script(gw, 'ok = system.twilio.sendMessage("+12223334444", "Hello World!")\n'
                          'u = system.twilio.getUser("maria")\nmaria_before = u.getMessagesSent()\n'
@@ -76,6 +80,15 @@ def test_send_message_from_a_script_counts_everywhere(twilio_gateway, twilio_emu
     twilio_emulator.phone(MARIA).expect_sms(contains="Hi Maria")
     assert out["maria_after"] == out["maria_before"] + 1  # maria is user 0: the first in the config
     wait_for(lambda: tag(gw, "System/Gateway/Twilio/MessagesSent") == before + 2)
+    try:  # the broker holds the new value, retained for whoever subscribes later
+        wait_for(lambda: broker.value(topic) == before + 2)
+    finally:
+        broker.close()
+    late = Subscriber(host, port, topic)
+    try:
+        wait_for(lambda: late.value(topic) == before + 2)
+    finally:
+        late.close()
     table = tag(gw, "System/Gateway/Twilio/UserStatistics")
     columns = table["columns"] if isinstance(table, dict) else table.columns
     rows = table["rows"] if isinstance(table, dict) else table.rows

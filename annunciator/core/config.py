@@ -555,7 +555,8 @@ def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str,
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the tried union member in the location ("list[str]", "RosterSettings");
     # a user never wrote those words, so they only confuse the path.
-    return isinstance(part, str) and (part[:1].isupper() or "[" in part)
+    # (a tag path such as "Plant/Tank1" is a key the user wrote: the "/" tells it apart)
+    return isinstance(part, str) and ((part[:1].isupper() and "/" not in part) or "[" in part)
 
 
 class _ConfigLoader(yaml.SafeLoader):

@@ -41,6 +41,10 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         # Core blocks are part of the engine, not an optional plugin: they cannot be blocked.
         self.register(blocks, name="core.blocks")
+        # So are the tag services (config tags, tag alarms, MQTT export): tags are core, like /api/tags.
+        from ..tags import plugin as tags_plugin
+
+        self.register(tags_plugin, name="core.tags")
         self.info: list[PluginInfo] = []
 
     def load_entry_points(self, env: Mapping[str, str] | None = None) -> None:

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..tags.types import TagError, TagNotFound, TagReadOnly
 from .alarms import utcnow
 from .config import join_path
 from .errors import Conflict, Invalid, NotFound
@@ -56,7 +57,7 @@ class ClearBody(_Body):
 
 
 class ShelveBody(_Body):
-    sources: list[str] = Field(min_length=1)
+    sources: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(min_length=1)
     minutes: float = Field(gt=0, le=60 * 24 * 365)
     user: str | None = None
     notes: str = ""
@@ -332,7 +333,53 @@ async def user_unlock(gw: Gateway, request: Request) -> Response:
 
 
 async def tags(gw: Gateway, request: Request) -> Response:
-    return _json({"tags": [t.to_dict() for t in gw.tags.browse(request.query_params.get("path", ""))]})
+    try:
+        found = gw.tags.browse(request.query_params.get("path", ""))
+    except TagError as exc:
+        raise ApiError(422, str(exc), [{"path": "path", "message": str(exc)}])
+    return _json({"tags": [t.to_dict() for t in found]})
+
+
+async def get_tag(gw: Gateway, request: Request) -> Response:
+    """One tag; a folder path answers with the tags under it (as ``/api/tags?path=``)."""
+    path = request.path_params["path"]
+    try:
+        return _json(gw.tags.get(path).to_dict())
+    except TagNotFound:
+        pass
+    except TagError as exc:
+        raise ApiError(422, str(exc), [{"path": "path", "message": str(exc)}])
+    under = gw.tags.browse(path)
+    if not under:
+        raise NotFound(f"no tag {path!r}")
+    return _json({"tags": [t.to_dict() for t in under]})
+
+
+class TagWriteBody(_Body):
+    value: Any = None
+    quality: str = "Good"
+
+
+async def write_tag(gw: Gateway, request: Request) -> Response:
+    """Write a writable tag (``{"value": ..., "quality": "Good"}``); its alarms follow the value."""
+    body = await _parse(request, TagWriteBody)
+    path = request.path_params["path"]
+    try:
+        gw.tags.write(path, body.value, body.quality, external=True)
+    except TagNotFound as exc:
+        raise NotFound(str(exc))
+    except TagReadOnly as exc:
+        raise ApiError(403, str(exc))
+    except TagError as exc:
+        raise ApiError(422, str(exc), [{"path": "value", "message": str(exc)}])
+    return _json(gw.tags.get(path).to_dict())
+
+
+async def metrics(gw: Gateway, request: Request) -> Response:
+    """Every tag in Prometheus' text format (see annunciator.tags.prometheus)."""
+    from ..tags import prometheus
+
+    return Response(prometheus.render(gw.tags), media_type=prometheus.CONTENT_TYPE)
 
 
 def _zone(name: str, field: str) -> Any:
@@ -384,16 +431,20 @@ async def remove_override(gw: Gateway, request: Request) -> Response:
 
 
 class BearerAuth:
-    """Require a configured bearer token on /api/ (health excepted)."""
+    """Require a configured bearer token on /api/ (health excepted), and on /metrics unless
+    ``gateway.public_metrics`` (Prometheus sends one with ``authorization: {credentials: ...}``)."""
 
-    def __init__(self, app: ASGIApp, tokens: list[str]):
+    def __init__(self, app: ASGIApp, tokens: list[str], public_metrics: bool = False):
         self.app = app
         self.tokens = [t.encode() for t in tokens if t]
+        self.public_metrics = public_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith("/api/") and path != "/api/health" and not self._ok(scope):
+            guarded = (path.startswith("/api/") and path != "/api/health") or (
+                path == "/metrics" and not self.public_metrics)
+            if guarded and not self._ok(scope):
                 message = ("no API token configured (gateway.api_tokens)" if not self.tokens
                            else "missing or wrong bearer token")
                 response = JSONResponse({"error": message}, 401, headers={"WWW-Authenticate": "Bearer"})
@@ -437,6 +488,9 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
         r("/api/instances/{id}/cancel", cancel_instance, ["POST"]),
         r("/api/plugins", plugins, ["GET"]),
         r("/api/tags", tags, ["GET"]),
+        r("/api/tags/{path:path}", get_tag, ["GET"]),
+        r("/api/tags/{path:path}", write_tag, ["POST"]),
+        r("/metrics", metrics, ["GET"]),
         r("/api/users", users, ["GET"]),
         r("/api/oncall", oncall, ["GET"]),
         r("/api/overrides", list_overrides, ["GET"]),
@@ -459,5 +513,6 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
                 await gw.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(BearerAuth, tokens=gw.config.gateway.api_tokens)
+    app.add_middleware(BearerAuth, tokens=gw.config.gateway.api_tokens,
+                       public_metrics=gw.config.gateway.public_metrics)
     return app

@@ -14,8 +14,9 @@ from annunciator import hookimpl
 from annunciator.core.config import Config, Duration
 from annunciator.core.pipeline import END, Block, BlockSettings, Next
 
+from .gateway_scripts import GatewayScripts, check_scripts, script_routes
 from .namespaces import AlarmFunctions, TagFunctions, UtilFunctions
-from .runner import Bridge, Script, ScriptError, build_system
+from .runner import ERRORS_TAG, LAST_ERROR_TAG, Bridge, Script, build_system, run_script
 
 if TYPE_CHECKING:
     from annunciator.core.gateway import Gateway
@@ -72,16 +73,13 @@ class ScriptBlock(Block):
         assert script is not None
         scope = {"system": scripting_system(gw), "event": ctx.values(), "state": ctx.properties,
                  "logger": logging.getLogger(f"annunciator.scripts.{self.pipeline}.{self.name}")}
-        try:
-            await asyncio.wait_for(asyncio.to_thread(script.run, scope), self.settings.timeout)
-        except TimeoutError:
-            gw.script_errors = getattr(gw, "script_errors", 0) + 1
-            return Next(self.settings.error, why=f"script timed out after {self.settings.timeout:g}s")
-        except ScriptError as exc:
-            gw.script_errors = getattr(gw, "script_errors", 0) + 1
-            log.error("script error in %s.%s: %s", self.pipeline, self.name, exc)
-            return Next(self.settings.error, why=f"script error: {exc}")
-        return Next(why="script ran")
+        # run_script logs a failure with file and line and counts it (System/Gateway/Scripts/Errors)
+        result = await run_script(gw, script, scope, self.settings.timeout, f"{self.pipeline}.{self.name}")
+        if result.ok:
+            return Next(why="script ran")
+        if result.error and result.error.startswith("timed out"):
+            return Next(self.settings.error, why=f"script {result.error}")
+        return Next(self.settings.error, why=f"script error: {result.where}: {result.error}")
 
 
 def scripting_system(gw: Gateway) -> SimpleNamespace:
@@ -96,6 +94,36 @@ def scripting_system(gw: Gateway) -> SimpleNamespace:
 @hookimpl
 def annunciator_block_types() -> list[type[Block]]:
     return [ScriptBlock]
+
+
+@hookimpl
+def annunciator_register_tags(gateway: Gateway, tags: Any) -> None:
+    tags.define(ERRORS_TAG, "Int8", 0, doc="script failures since the gateway started (every kind of script)")
+    tags.define(LAST_ERROR_TAG, "String", "", doc="the last script failure, file:line: error")
+
+
+@hookimpl
+def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
+    return check_scripts(config)
+
+
+@hookimpl
+def annunciator_startup(gateway: Gateway) -> None:
+    scripts = GatewayScripts(gateway, scripting_system(gateway))
+    gateway.extensions["scripts"] = scripts
+    scripts.start()
+
+
+@hookimpl
+async def annunciator_shutdown(gateway: Gateway) -> None:
+    scripts = gateway.extensions.pop("scripts", None)
+    if scripts is not None:
+        await scripts.stop()
+
+
+@hookimpl
+def annunciator_routes(gateway: Gateway) -> list[Any]:
+    return script_routes(gateway)
 
 
 @hookimpl

@@ -26,11 +26,14 @@ T = TypeVar("T")
 
 
 class ScriptError(Exception):
-    """A script failed; ``where`` is "file:line" of the innermost frame in the script."""
+    """A script failed; ``where`` is "file:line" of the innermost frame in the script and
+    ``details`` the traceback of the script's own frames (what an integrator needs to fix it)."""
 
-    def __init__(self, message: str, where: str):
+    def __init__(self, message: str, where: str, details: str = ""):
         super().__init__(f"{where}: {message}")
         self.where = where
+        self.message = message
+        self.details = details
 
 
 @dataclass
@@ -53,11 +56,15 @@ class Script:
         scope.setdefault("__name__", "__annunciator_script__")
         try:
             exec(self.code, scope)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: sys.exit() in a script ends the script, never the gateway
             tb = traceback.extract_tb(sys.exc_info()[2])
             frames = [f for f in tb if f.filename == self.filename] or list(tb)
             last = frames[-1]
-            raise ScriptError(f"{type(exc).__name__}: {exc}", f"{last.filename}:{last.lineno}") from exc
+            # the script's frames and what it called, without the runner's own frame
+            shown = tb[1:] if len(tb) > 1 and tb[0].filename == __file__ else tb
+            details = "".join(traceback.format_list(shown)) + f"{type(exc).__name__}: {exc}\n"
+            raise ScriptError(f"{type(exc).__name__}: {exc}", f"{last.filename}:{last.lineno}", details) from exc
         return scope
 
 
@@ -85,3 +92,57 @@ def build_system(gateway: Gateway) -> SimpleNamespace:
         for name, namespace in (mapping or {}).items():
             setattr(system, name, namespace)
     return system
+
+
+ERRORS_TAG = "System/Gateway/Scripts/Errors"
+LAST_ERROR_TAG = "System/Gateway/Scripts/LastError"
+
+
+@dataclass
+class RunResult:
+    """How one run of a script went: ``where`` is "file:line" of a failure."""
+
+    ok: bool
+    error: str | None = None
+    where: str | None = None
+    details: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "error": self.error, "where": self.where, "traceback": self.details or None}
+
+
+def record_error(gateway: Gateway, what: str, message: str, where: str) -> None:
+    """Log a script failure with its file and line and count it (``System/Gateway/Scripts/Errors``)."""
+    log.error("script %s failed at %s: %s", what, where, message)
+    gateway.script_errors = getattr(gateway, "script_errors", 0) + 1  # type: ignore[attr-defined]
+    try:
+        gateway.tags.write(ERRORS_TAG, gateway.script_errors)  # type: ignore[attr-defined]
+        gateway.tags.write(LAST_ERROR_TAG, f"{where}: {message}"[:1000])
+    except KeyError:
+        pass  # tags not defined (the gateway is not started): the log line is enough
+
+
+async def run_script(gateway: Gateway, script: Script, scope: dict[str, Any], timeout: float,
+                     what: str) -> RunResult:
+    """Run ``script`` on a worker thread; a failure or timeout is logged, counted and returned,
+    never raised: no script can take the gateway down."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(script.run, scope), timeout)
+    except TimeoutError:
+        # the thread cannot be killed; it finishes on its own, and its result is ignored
+        message = f"timed out after {timeout:g}s"
+        record_error(gateway, what, message, script.filename)
+        return RunResult(False, message, script.filename)
+    except ScriptError as exc:
+        record_error(gateway, what, exc.message, exc.where)
+        return RunResult(False, exc.message, exc.where, exc.details)
+    return RunResult(True)
+
+
+def compile_or_error(source: str, filename: str) -> tuple[Script | None, RunResult | None]:
+    """A Script, or the RunResult of its syntax error (with file:line)."""
+    try:
+        return Script.compile(source, filename), None
+    except SyntaxError as exc:
+        where = f"{exc.filename or filename}:{exc.lineno}"
+        return None, RunResult(False, f"SyntaxError: {exc.msg}", where, f"{where}: {exc.msg}\n{exc.text or ''}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-from annunciator.scripting.runner import Script
+from annunciator.scripting.runner import Script, record_error
 
 from .twiml import InvalidTwiml, parse_and_validate
 
@@ -114,6 +114,5 @@ class CallScript:
                            "using the default TwiML")
                 else:
                     return result.decode() if isinstance(result, bytes) else result, None
-        log.error("%s", why)
-        gateway.script_errors = getattr(gateway, "script_errors", 0) + 1  # type: ignore[attr-defined]
+        record_error(gateway, f"call script {self.path.name}", why, str(self.path))  # why names the line
         return response, why

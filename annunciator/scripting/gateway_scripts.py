@@ -1,0 +1,178 @@
+"""Gateway scripts: start-up scripts, timer scripts (APScheduler interval/cron triggers from the
+config's ``scripts:`` section), and ``POST /api/scripts/run`` (what ``annunciator script run``
+calls), which runs a script in the gateway as Ignition's script console does.
+
+Every kind runs on a worker thread with ``system`` in scope; a failure is logged with file and
+line, counted in ``System/Gateway/Scripts/Errors``, and never stops the gateway or the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .runner import RunResult, Script, compile_or_error, run_script
+
+if TYPE_CHECKING:
+    from annunciator.core.config import Config, ScriptSettings, TimerScriptSettings
+    from annunciator.core.gateway import Gateway
+
+log = logging.getLogger("annunciator.scripts")
+MAX_SOURCE = 1_000_000
+
+
+def load_script(config: Config, s: ScriptSettings, where: str) -> Script:
+    """The compiled script of a ``scripts:`` entry; SyntaxError or OSError when it cannot be."""
+    if s.code:
+        return Script.compile(s.code, f"<{where}>")
+    path = config.resolve(config.gateway.scripts_dir) / (s.script or "")
+    return Script.load(path)
+
+
+def _entries(config: Config) -> list[tuple[str, ScriptSettings]]:
+    sc = config.settings.scripts
+    return ([(f"scripts.startup[{i}]", s) for i, s in enumerate(sc.startup)]
+            + [(f"scripts.timers[{i}]", s) for i, s in enumerate(sc.timers)])
+
+
+def check_scripts(config: Config) -> list[tuple[str, str]]:
+    """Every configured script exists and compiles (so `annunciator check` finds a typo)."""
+    problems = []
+    for where, s in _entries(config):
+        try:
+            load_script(config, s, where)
+        except SyntaxError as exc:
+            problems.append((f"{where}.{'code' if s.code else 'script'}",
+                             f"syntax error at line {exc.lineno}: {exc.msg}"))
+        except OSError:
+            path = config.resolve(config.gateway.scripts_dir) / (s.script or "")
+            problems.append((f"{where}.script", f"no such script file: {path}"))
+    return problems
+
+
+def _logging_print(logger: logging.Logger) -> Any:
+    """``print`` for unattended scripts: into the gateway log, where an operator will look."""
+    def print_(*args: Any, sep: str = " ", end: str = "\n", **_: Any) -> None:
+        logger.info("%s", sep.join(str(a) for a in args))
+    return print_
+
+
+class GatewayScripts:
+    """Start-up and timer scripts of one gateway."""
+
+    def __init__(self, gateway: Gateway, system: SimpleNamespace):
+        self.gateway = gateway
+        self.system = system
+        self.settings = gateway.config.settings.scripts
+        self.runs: dict[str, int] = {}  # label -> completed runs, for tests and diagnostics
+        self._jobs: list[str] = []
+        self._startup: asyncio.Task[None] | None = None
+
+    def _scope(self, label: str, filename: str) -> dict[str, Any]:
+        logger = logging.getLogger(f"annunciator.scripts.{label}")
+        return {"system": self.system, "logger": logger, "print": _logging_print(logger), "__file__": filename}
+
+    async def run(self, label: str, s: ScriptSettings, where: str) -> RunResult:
+        try:
+            script = load_script(self.gateway.config, s, where)
+        except (SyntaxError, OSError) as exc:
+            # the file changed since `check`: report it like any other script failure
+            from .runner import record_error
+
+            record_error(self.gateway, label, f"{type(exc).__name__}: {exc}", s.script or where)
+            return RunResult(False, str(exc), s.script or where)
+        result = await run_script(self.gateway, script, self._scope(label, script.filename), s.timeout, label)
+        self.runs[label] = self.runs.get(label, 0) + 1
+        return result
+
+    def start(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if self.settings.startup:
+            # in the background: a slow start-up script must not keep the gateway from serving
+            self._startup = asyncio.get_running_loop().create_task(self._run_startup(), name="startup-scripts")
+        for i, t in enumerate(self.settings.timers):
+            where = f"scripts.timers[{i}]"
+            label = t.name or t.script or where
+            trigger = (IntervalTrigger(seconds=t.interval, timezone=t.timezone) if t.interval is not None
+                       else CronTrigger.from_crontab(t.cron, timezone=t.timezone))
+            job_id = f"script:{i}:{label}"
+
+            async def fire(label: str = label, t: TimerScriptSettings = t, where: str = where) -> None:
+                await self.run(label, t, where)
+
+            # max_instances=1 (the Timers default): a run still going when the next is due is skipped
+            self.gateway.timers.scheduler.add_job(fire, trigger, id=job_id, replace_existing=True)
+            self._jobs.append(job_id)
+            log.info("timer script %s: %s", label, f"every {t.interval:g}s" if t.interval else f"cron {t.cron}")
+
+    async def _run_startup(self) -> None:
+        for i, s in enumerate(self.settings.startup):
+            where = f"scripts.startup[{i}]"
+            await self.run(s.name or s.script or where, s, where)
+
+    async def stop(self) -> None:
+        for job_id in self._jobs:
+            self.gateway.timers.cancel(job_id)
+        if self._startup is not None and not self._startup.done():
+            self._startup.cancel()
+
+
+# --- POST /api/scripts/run ---------------------------------------------------------------------
+
+def script_routes(gateway: Gateway) -> list[BaseRoute]:
+    async def run(request: Request) -> Response:
+        return await run_posted(gateway, request)
+    return [Route("/api/scripts/run", run, methods=["POST"])]
+
+
+async def run_posted(gw: Gateway, request: Request) -> Response:
+    """Run ``{"source": TEXT, "filename": NAME}`` in the gateway; answer with what it printed,
+    the value it left in ``result`` (if any) and, on failure, the error with file:line. A script
+    failure is a 200 with ``ok: false``: the request itself worked."""
+    settings = gw.config.settings.scripts
+    if not settings.api_run:
+        return JSONResponse({"error": "running scripts over the API is off (scripts.api_run: false)"}, 403)
+    raw = await request.body()
+    if len(raw) > MAX_SOURCE * 2:
+        return JSONResponse({"error": "script too large"}, 413)
+    try:
+        body = json.loads(raw)
+        source, filename = body["source"], str(body.get("filename") or "<console>")
+        if not isinstance(source, str):
+            raise TypeError("source must be text")
+    except (ValueError, KeyError, TypeError) as exc:
+        return JSONResponse({"error": f'expected {{"source": TEXT, "filename": NAME}}: {exc}'}, 422)
+    from .plugin import scripting_system
+    from .runner import record_error
+
+    filename = Path(filename).name or "<console>"  # a name for tracebacks, never a path to open
+    script, failed = compile_or_error(source, filename)
+    printed: list[str] = []
+    if script is None:
+        assert failed is not None
+        record_error(gw, f"api:{filename}", failed.error or "", failed.where or filename)
+        return _answer(failed, printed, None)
+
+    def print_(*args: Any, sep: str = " ", end: str = "\n", **_: Any) -> None:
+        printed.append(sep.join(str(a) for a in args) + end)
+
+    scope = {"system": scripting_system(gw), "print": print_, "__file__": filename,
+             "logger": logging.getLogger(f"annunciator.scripts.api.{filename}")}
+    result = await run_script(gw, script, scope, settings.api_timeout, f"api:{filename}")
+    return _answer(result, printed, scope.get("result"))
+
+
+def _answer(result: RunResult, printed: list[str], value: Any) -> Response:
+    data = {**result.to_dict(), "stdout": "".join(printed),
+            "result": json.loads(json.dumps(value, default=str)) if value is not None else None}
+    return JSONResponse(data)

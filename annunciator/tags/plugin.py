@@ -1,0 +1,57 @@
+"""The tag services of the gateway, as hook implementations: config tags, tag alarms, MQTT export.
+
+Registered by the PluginManager itself (as ``core.tags``, like the core blocks), so it cannot be
+blocked: a config's ``tags:`` must not silently stop raising alarms because of a plugin list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from annunciator import hookimpl
+
+from .alarms import TagAlarms
+from .provider import TagProvider
+
+if TYPE_CHECKING:
+    from ..core.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+
+@hookimpl
+def annunciator_register_tags(gateway: Gateway, tags: TagProvider) -> None:
+    """The config's memory tags, before any startup script can write them."""
+    for path, t in gateway.config.settings.tags.items():
+        tags.define(path, t.type, t.value, writable=t.writable, doc=t.doc, alarms=list(t.alarms))
+
+
+@hookimpl
+def annunciator_startup(gateway: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+    alarms = TagAlarms(gateway, loop)
+    for path, t in gateway.config.settings.tags.items():
+        alarms.add(path, list(t.alarms))
+    alarms.start()
+    state: dict[str, Any] = {"alarms": alarms, "mqtt": None}
+    settings = gateway.config.settings.mqtt
+    if settings.host:
+        from .mqtt import MqttExporter
+
+        exporter = MqttExporter(settings, gateway.tags, loop, gateway.config.gateway.name)
+        exporter.start()
+        state["mqtt"] = exporter
+    gateway.extensions["tags"] = state
+
+
+@hookimpl
+async def annunciator_shutdown(gateway: Gateway) -> None:
+    state = gateway.extensions.pop("tags", None)
+    if not state:
+        return
+    if state["mqtt"] is not None:
+        # paho's disconnect and thread join block briefly: keep them off the loop
+        await asyncio.to_thread(state["mqtt"].stop)
+    await state["alarms"].stop()
