@@ -154,7 +154,7 @@ def test_plugins_lists_webhook_and_script():
             and ":" not in line.split()[0]}
     assert rows["webhook"] == ["loaded", "annunciator.plugins.webhook.plugin"]
     assert rows["scripting"] == ["loaded", "annunciator.scripting.plugin"]
-    assert "profile types: twilio-sms, webhook" in lines
+    assert "profile types: email, twilio-sms, twilio-voice, webhook" in lines
     assert rows["twilio_sms"] == ["loaded", "annunciator.plugins.twilio_sms.plugin"]
     assert f"block types:   {BLOCK_TYPES}" in lines
 
@@ -201,7 +201,7 @@ def test_durations_accepted(tmp_path, value, seconds):
 def test_unknown_profile_type(tmp_path):
     base = BASE.replace("profiles:\n", "profiles:\n  pager: {type: pager, number: 5}\n")
     assert problems(write(tmp_path, base=base)) == [
-        ("profiles.pager.type", "unknown profile type 'pager'; installed: twilio-sms, webhook")]
+        ("profiles.pager.type", "unknown profile type 'pager'; installed: email, twilio-sms, twilio-voice, webhook")]
 
 
 def test_profile_settings_checked_by_its_type(tmp_path):

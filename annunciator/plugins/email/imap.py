@@ -1,0 +1,273 @@
+"""Reply-acknowledgement: poll an IMAP mailbox for answers to alarm emails.
+
+A reply acknowledges when its first line starts with ``ACK`` (then the PIN when the profile requires
+it, then optional notes), it comes from an email address of a known person, and its
+``References``/``In-Reply-To`` name alarms (the ``<alarm.ID@domain>`` thread ids every alarm email
+carries) that were emailed to that person through this profile. The From address alone is easy to
+forge, which is why the PIN is required by default; alarms never emailed to the sender cannot be
+acknowledged this way whatever the headers say.
+
+The client is the standard library's ``imaplib`` on a worker thread: polling every half minute
+needs no async client, and the loop never waits on the mailbox. Messages are fetched with
+``BODY.PEEK[]`` and flagged ``\\Seen`` only once handled, so a crash in between re-reads them (an
+acknowledgement is idempotent: an alarm already acknowledged is reported, not acknowledged twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import imaplib
+import logging
+import re
+from email.message import EmailMessage
+from email.utils import parseaddr
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from annunciator.core import schema
+from annunciator.core.audit import Code
+from annunciator.core.errors import Conflict, Invalid, NotFound
+from annunciator.core.users import PinResult, User, check_pin
+
+from .profile import tls_context
+from .settings import ImapSettings
+
+if TYPE_CHECKING:
+    from annunciator.core.gateway import Gateway
+
+    from .profile import EmailProfile
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "email.imap"
+_THREAD = re.compile(r"<alarm\.([0-9a-f]{32})@[^>\s]+>")
+_ACK = re.compile(r"^\s*ACK\b[\s:,.-]*(?P<pin>\d{4,12}\b)?\s*(?P<note>.*)$", re.IGNORECASE)
+_TAGS = re.compile(r"<[^>]+>")
+
+
+def first_line(msg: EmailMessage) -> str:
+    """The reply's first line of its own text: quoted lines ("> ...") and blank lines skipped."""
+    part = msg.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        return ""
+    text = part.get_content()
+    if part.get_content_type() == "text/html":
+        text = _TAGS.sub("\n", text)
+    for line in str(text).splitlines():
+        line = line.strip()
+        if line and not line.startswith(">"):
+            return line
+    return ""
+
+
+def thread_events(msg: EmailMessage) -> list[str]:
+    ids: list[str] = []
+    for header in ("In-Reply-To", "References"):
+        for event_id in _THREAD.findall(str(msg.get(header, ""))):
+            if event_id not in ids:
+                ids.append(event_id)
+    return ids
+
+
+class ImapPoller:
+    """One mailbox for one email profile, polled every ``interval``."""
+
+    def __init__(self, gateway: Gateway, profile: EmailProfile, settings: ImapSettings):
+        self.gateway, self.profile, self.settings = gateway, profile, settings
+        self._task: asyncio.Task[None] | None = None
+        self._last_error: str | None = None
+        self.polls = 0  # completed polls, for tests and status
+
+    # --- mailbox (worker thread) ------------------------------------------------------------
+
+    def _connect(self) -> imaplib.IMAP4:
+        s = self.settings
+        ca = str(self.gateway.config.resolve(s.ca_file)) if s.ca_file else None
+        if s.security == "tls":
+            conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(s.host, s.effective_port, ssl_context=tls_context(s.verify, ca),
+                                                    timeout=s.timeout)
+        else:
+            conn = imaplib.IMAP4(s.host, s.effective_port, timeout=s.timeout)
+            if s.security == "starttls":
+                conn.starttls(ssl_context=tls_context(s.verify, ca))
+        if conn.state != "AUTH":  # a PREAUTH greeting needs no login
+            conn.login(s.username, s.password)
+        return conn
+
+    def _fetch(self) -> list[tuple[bytes, bytes]]:
+        conn = self._connect()
+        try:
+            typ, _ = conn.select(_quote(self.settings.mailbox))
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"cannot open mailbox {self.settings.mailbox!r}")
+            _, data = conn.uid("SEARCH", None, "UNSEEN")
+            out = []
+            for uid in (data[0] or b"").split():
+                _, parts = conn.uid("FETCH", uid, "(BODY.PEEK[])")
+                raw = next((p[1] for p in parts if isinstance(p, tuple)), None)
+                if raw is not None:
+                    out.append((uid, raw))
+            return out
+        finally:
+            _logout(conn)
+
+    def _mark_seen(self, uids: list[bytes]) -> None:
+        conn = self._connect()
+        try:
+            conn.select(_quote(self.settings.mailbox))
+            conn.uid("STORE", b",".join(uids), "+FLAGS", "(\\Seen)")
+        finally:
+            _logout(conn)
+
+    # --- loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"imap-{self.profile.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll()
+            await asyncio.sleep(self.settings.interval)
+
+    async def poll(self) -> int:
+        """Fetch and handle unseen messages once; returns how many were handled."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        try:
+            messages = await loop.run_in_executor(None, self._fetch)
+            handled = []
+            for uid, raw in messages:
+                await self.handle(raw)
+                handled.append(uid)
+            if handled:
+                await loop.run_in_executor(None, self._mark_seen, handled)
+        except (OSError, imaplib.IMAP4.error) as exc:
+            error = f"IMAP {s.host}:{s.effective_port} as {s.username!r}: {exc}"
+            if error != self._last_error:  # one line per distinct problem, not one per poll
+                log.warning("email profile %s: %s; retrying every %gs", self.profile.name, error, s.interval)
+            self._last_error = error
+            return 0
+        finally:
+            self.polls += 1
+        if self._last_error is not None:
+            log.info("email profile %s: IMAP polling works again", self.profile.name)
+            self._last_error = None
+        return len(messages)
+
+    # --- one reply --------------------------------------------------------------------------
+
+    async def handle(self, raw: bytes) -> str:
+        """Act on one reply; returns what happened (also written to the audit log)."""
+        gw = self.gateway
+        msg: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[assignment]
+        sender = parseaddr(str(msg.get("From", "")))[1].lower()
+        auto = str(msg.get("Auto-Submitted", "no")).strip().lower()
+        line = first_line(msg)
+        user = self._user_by_address(sender)
+        match = _ACK.match(line)
+        pin = match.group("pin") if match else None
+        shown = line.replace(pin, "*" * len(pin)) if pin else line  # a PIN is never stored
+        base = {"user": user.username if user else None, "channel": self.profile.name, "contact": sender}
+        if auto != "no":
+            return self._outcome("EmailReplyIgnored", base, f"automatic reply ({auto}) ignored")
+        if user is None:
+            return self._outcome("EmailUnknownSender", base, f"reply from an unknown address: {shown[:200]}")
+        gw.audit.record("EmailReply", text=shown[:1000], **base)
+        if match is None:
+            return self._outcome("EmailReplyIgnored", base, "does not start with ACK")
+        wanted = thread_events(msg)
+        mine = await self._emailed_to(user.username, wanted)
+        if not mine:
+            return self._outcome("EmailReplyIgnored", base, "names no alarm that was emailed to this person")
+        if self.settings.require_pin:
+            result = check_pin(user, gw.secret, pin or "")
+            gw.save_user(user)
+            if result != PinResult.OK:
+                why = {PinResult.LOCKED: "locked out after wrong PINs", PinResult.NO_PIN: "no PIN is set",
+                       PinResult.WRONG: "wrong or missing PIN"}.get(result, result)
+                code = "PinLockout" if result == PinResult.LOCKED else "PinRejected"
+                return self._outcome(code, base, f"reply not acted on: {why}")
+            gw.audit.record(Code.REPLY_WITH_PIN, text="PIN accepted", event_ids=mine, **base)
+        note = match.group("note").strip()
+        return await self._ack(user, mine, note, base)
+
+    async def _ack(self, user: User, event_ids: list[str], note: str, base: dict[str, Any]) -> str:
+        gw = self.gateway
+        todo = [i for i in event_ids if (e := gw.events.get(i)) is not None and not e.acknowledged]
+        if not todo:
+            return self._outcome("EmailReplyIgnored", base, "every alarm of the thread is already acknowledged",
+                                 event_ids)
+        if any(gw.events[i].ack_notes_required for i in todo) and not note:
+            return self._outcome("EmailReplyIgnored", base, "notes are required: reply ACK PIN your notes", todo)
+        try:
+            await gw.acknowledge(todo, user.username, note or "acknowledged by email reply", via="email")
+        except (Conflict, Invalid, NotFound) as exc:
+            return self._outcome("EmailReplyIgnored", base, f"not acknowledged: {exc}", todo)
+        await gw.store.commit()
+        return f"acknowledged {len(todo)}"
+
+    def _outcome(self, code: str, base: dict[str, Any], text: str, event_ids: list[str] | None = None) -> str:
+        self.gateway.audit.record(code, text=text, event_ids=event_ids, **base)
+        log.info("email reply from %s: %s", base.get("contact"), text)
+        return text
+
+    def _user_by_address(self, address: str) -> User | None:
+        if not address:
+            return None
+        for user in self.gateway.users.values():
+            if address in (a.lower() for a in user.contacts.get("email", [])):
+                return user
+        return None
+
+    async def _emailed_to(self, username: str, event_ids: list[str]) -> list[str]:
+        """Those of ``event_ids`` that this profile emailed to ``username`` (sent, not just tried)."""
+        if not event_ids:
+            return []
+        n = schema.notifications
+
+        def load(conn: sa.Connection) -> list[Any]:
+            q = sa.select(n.c.event_ids).where(n.c.username == username, n.c.profile == self.profile.name,
+                                               n.c.status.in_(("sent", "consolidated")))
+            return [r.event_ids for r in conn.execute(q)]
+
+        sent: set[str] = set()
+        for ids in await self.gateway.store.read(load):
+            sent.update(ids or [])
+        return [i for i in event_ids if i in sent]
+
+
+def _quote(mailbox: str) -> str:
+    return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _logout(conn: imaplib.IMAP4) -> None:
+    try:
+        conn.logout()
+    except (OSError, imaplib.IMAP4.error):
+        pass
+
+
+async def start_pollers(gateway: Gateway, profiles: list[EmailProfile]) -> None:
+    pollers = {p.name: ImapPoller(gateway, p, p.email.imap) for p in profiles if p.email.imap is not None}
+    gateway.extensions[EXTENSION] = pollers
+    for poller in pollers.values():
+        poller.start()
+
+
+async def stop_pollers(gateway: Gateway) -> None:
+    for poller in gateway.extensions.pop(EXTENSION, {}).values():
+        await poller.stop()
+
+
+__all__ = ["ImapPoller", "first_line", "thread_events"]
