@@ -660,3 +660,13 @@ def _print_overrides(items: list[dict[str, Any]], tz: Any) -> None:
         notes = f"  {o['notes']}" if o.get("notes") else ""
         click.echo(f"{o['id']}  {o['user']} {what}{since} until {format_local(datetime.fromisoformat(o['until']), tz)}"
                    f"  [{o['source']}{by}]{notes}")
+
+
+def _console_commands() -> None:
+    # the console's own CLI lives with it; registered here so `annunciator console-user` exists
+    from .console.cli import console_user
+
+    main.add_command(console_user)
+
+
+_console_commands()

@@ -59,6 +59,10 @@ class DemoPlugin:
                     f"#{event.ack_code}).", fg="cyan")
         click.echo("Maria is texted now; without an acknowledgement Li is texted after 30 s.")
         click.echo(f"Its whole story:  annunciator alarm trace {event.id} {api}")
+        console = gw.config.sections.get("console")
+        if console is not None and console.enabled and "demo" in console.users:
+            click.secho(f"In a browser:     http://127.0.0.1:{port}/console/sandbox (sign in as demo / demo): "
+                        "Maria's phone is there; reply 1234 to acknowledge.", fg="green", bold=True)
         emulator = self._emulator()
         if emulator is None:
             click.echo(f"Acknowledge it:   annunciator alarm ack {event.id} --user maria {api}")
