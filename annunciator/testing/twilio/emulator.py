@@ -78,6 +78,7 @@ _STOP_TIMEOUT = 10.0
 WEBHOOK_TIMEOUT = 15.0
 _USER_AGENT = "TwilioProxy/1.1"
 _PREFIX = f"/{API_VERSION}/Accounts"
+_FORM = web.RequestKey("form", dict)  # the request's form and query values, parsed once
 
 
 class TwilioEmulator:
@@ -512,7 +513,7 @@ class TwilioEmulator:
                 form.setdefault(k, []).append(str(v))
         for k, v in request.query.items():
             form.setdefault(k, []).append(v)
-        request["form"] = form
+        request[_FORM] = form
         fault_name: str | None = None
         sid: str | None = None
         try:
@@ -562,7 +563,7 @@ class TwilioEmulator:
 
     @staticmethod
     def _one(request: web.Request, name: str) -> str | None:
-        values = request["form"].get(name)
+        values = request[_FORM].get(name)
         return values[-1] if values else None
 
     def _norm(self, raw: str, what: str) -> str:
@@ -613,7 +614,7 @@ class TwilioEmulator:
             raise TwilioApiError(400, 21604)
         if not from_raw and not service:
             raise TwilioApiError(400, 21603)
-        if not body and not request["form"].get("MediaUrl") and not self._one(request, "ContentSid"):
+        if not body and not request[_FORM].get("MediaUrl") and not self._one(request, "ContentSid"):
             raise TwilioApiError(400, 21602)
         if len(body) > MAX_BODY_CHARS:
             raise TwilioApiError(400, 21617)
@@ -841,7 +842,7 @@ class TwilioEmulator:
             if sender not in self._numbers:
                 raise TwilioApiError(400, 21210, f"The source phone number provided, {from_raw}, is not yet verified "
                                                  "for your account.")
-            events = [e for v in request["form"].get("StatusCallbackEvent", []) for e in v.split()]
+            events = [e for v in request[_FORM].get("StatusCallbackEvent", []) for e in v.split()]
             timeout_raw = self._one(request, "Timeout")
             call = Call(
                 self, sid=new_sid("CA"), to=to, from_=sender, url=url, twiml=twiml,
