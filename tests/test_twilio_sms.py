@@ -249,3 +249,19 @@ def test_conversation_history_keeps_both_directions(sms_gateway, twilio_emulator
     replies = gw.client.get("/api/audit", params={"code": "SMSReply"}).json()["audit"]
     assert [a["text"] for a in replies] == ["****"]
     assert httpx.get(f"{gw.url}/api/sms/messages").status_code == 401  # the API token is required
+
+
+def test_a_late_ack_code_does_not_hit_a_newer_alarm(sms_gateway, twilio_emulator):
+    """Codes count up before any is reused: #1 of a finished alarm is not given to the next one."""
+    gw = sms_gateway()
+    phone = twilio_emulator.phone(MARIA)
+    first = raise_alarm(gw, "plant/a", "page")
+    phone.expect_sms()
+    assert gw.client.post(f"/api/alarms/{first['id']}/acknowledge", json={"user": "li"}).status_code == 200
+    assert gw.client.post(f"/api/alarms/{first['id']}/clear", json={}).status_code == 200
+    second = raise_alarm(gw, "plant/b", "page")
+    assert second["ackCode"] != first["ackCode"]
+    phone.expect_sms()
+    phone.reply(f"ACK {first['ackCode']} 1234")
+    phone.expect_sms(contains=f"No open alarm #{first['ackCode']}")
+    assert alarm(gw, second["id"])["acknowledged"] is False

@@ -32,6 +32,7 @@ from annunciator.core.alarms import AlarmEvent, Priority, utcnow
 from annunciator.core.errors import Conflict, Invalid, NotFound
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, verify_password
+from .conversations import Conversations
 from .settings import ROLE_RANK, ConsoleSettings, ConsoleUser
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Ctx:
     username: str | None
     user: ConsoleUser | None
     form: FormData | None
+    nav: dict[str, Any] | None = None  # the Conversations link and its unread count (full pages only)
 
     @property
     def gw(self) -> Gateway:
@@ -104,6 +106,7 @@ class Console:
         self._sessions: Sessions | None = None
         # who was last notified of each open alarm (from the notification hook): "being notified now"
         self.notified: dict[str, dict[str, Any]] = {}
+        self.conversations = Conversations(self)
 
     @property
     def sessions(self) -> Sessions:
@@ -151,6 +154,8 @@ class Console:
                 if session is None:
                     session = Session(changed=True)  # anonymous: carries the sign-in form's CSRF token
                 ctx = Ctx(self, request, session, username, user, form)
+                if user is not None and request.method == "GET" and "x-console-fragment" not in request.headers:
+                    ctx.nav = await self.conversations.nav(ctx)
                 response = await fn(ctx)
             except Refused as exc:
                 ctx = Ctx(self, request, session or Session(), None, None, None)
@@ -199,6 +204,7 @@ class Console:
             Route(f"{PREFIX}/sandbox/calls/{{sid}}", v(self.sandbox_call, "operator"), methods=["POST"]),
             Route(f"{PREFIX}/stats", v(self.stats), methods=["GET"]),
             Route(f"{PREFIX}/admin", v(self.admin, "admin"), methods=["GET"]),
+            *self.conversations.routes(),
             Mount(f"{PREFIX}/static", app=StaticFiles(directory=STATIC), name="console-static"),
         ]
 
@@ -323,7 +329,9 @@ class Console:
         return ctx.render("alarm.html", status, event=event, journal=journal, replies=sms_replies,
                           error=error, done=ctx.request.query_params.get("done", ""),
                           notified=self.notified.get(event.id), shelved_until=shelved_until,
-                          live=[i for i in self.gw.engine.live.values() if i.event is event], now=utcnow())
+                          live=[i for i in self.gw.engine.live.values() if i.event is event], now=utcnow(),
+                          dispatch=await self.conversations.dispatch_form(ctx, event),
+                          dispatched=ctx.request.query_params.get("dispatched", "")[:10])
 
     async def ack(self, ctx: Ctx) -> Response:
         event_id = ctx.request.path_params["id"]

@@ -49,3 +49,5 @@ class ConsoleSettings(StrictModel):
     page_size: int = Field(50, ge=5, le=500)
     # how often open pages ask for fresh rows (live alarm table, sandbox inboxes)
     refresh: Duration = 2.0
+    # the text "Dispatch SMS" on an alarm's page starts from (the alarm's properties; edited before sending)
+    dispatch_template: str = "{priority} alarm {displayPath}: {name} (value {eventValue}). Please reply here."

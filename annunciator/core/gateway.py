@@ -37,6 +37,7 @@ from .users import User, load_secret, pin_matches, set_pin
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "system"
+MAX_SHORT_CODE = 999  # ack codes stay three digits, apart from PINs (four or more)
 _NO_PREFERENCES = ChannelSettings()
 
 
@@ -221,9 +222,11 @@ class Gateway:
             events = [dict(r._mapping) for r in conn.execute(sa.select(ev).where(
                 sa.or_(ev.c.done.is_(False), ev.c.id.in_(ids) if ids else sa.false())))]
             shelves = [dict(r._mapping) for r in conn.execute(sa.select(schema.shelves))]
-            return events, shelves, inst, notes
+            last_code = conn.execute(sa.select(sa.func.max(ev.c.ack_code))).scalar() or 0
+            return events, shelves, inst, notes, last_code
 
-        events, shelves, instances, pending = await self.store.read(load)
+        events, shelves, instances, pending, last_code = await self.store.read(load)
+        self._code_top = last_code
         for row in events:
             event = _event_from_row(row)
             self.events[event.id] = event
@@ -231,8 +234,10 @@ class Gateway:
                 self.by_code[event.ack_code] = event
             if event.active:
                 self.current[event.source] = event
-        self._code_top = max(self.by_code, default=0)
+        # the count goes on from the last code ever given, so a restart does not reuse recent codes
+        self._code_top = max([self._code_top, *self.by_code])
         self._freed_codes = [c for c in range(1, self._code_top) if c not in self.by_code]
+        heapq.heapify(self._freed_codes)
         for row in shelves:
             self.shelves[row["source"]] = row
             if row["expires_at"] > now:
@@ -534,11 +539,16 @@ class Gateway:
                 self.events.pop(event.id, None)
 
     def _free_ack_code(self) -> int:
-        """The smallest code no open event uses, so codes stay short to type (a heap of freed
-        codes over a high-water mark: a flood of 1,000 alarms must not scan 1,000 codes each)."""
+        """A short code no open event uses. Codes count up to 999 before a freed one is reused, so
+        a late "ACK 12" from someone who was texted about an old #12 does not acknowledge a newer
+        alarm that got #12; beyond 999 open alarms they keep counting (a heap of freed codes over a
+        high-water mark: a flood must not scan every code for each alarm)."""
+        if self._code_top < MAX_SHORT_CODE:
+            self._code_top += 1
+            return self._code_top
         while self._freed_codes:
             code = heapq.heappop(self._freed_codes)
-            if code not in self.by_code and code <= self._code_top:
+            if code not in self.by_code:
                 return code
         self._code_top += 1
         return self._code_top

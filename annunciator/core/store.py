@@ -363,9 +363,11 @@ class Store:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(connection)`` on a reader thread; pending writes are committed first."""
-        await self.commit()
+    async def read(self, fn: Callable[[Connection], T], *, fresh: bool = True) -> T:
+        """Run ``fn(connection)`` on a reader thread; pending writes are committed first, unless
+        ``fresh`` is False (the caller wants only what was stored long ago, without the wait)."""
+        if fresh:
+            await self.commit()
         loop = self._loop or asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, fn)
 

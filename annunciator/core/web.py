@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..tags.types import TagError, TagNotFound, TagReadOnly
@@ -441,7 +441,7 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
+            path: str = get_route_path(scope)  # what routing will match, also under a root path
             guarded = (path.startswith("/api/") and path != "/api/health") or (
                 path == "/metrics" and not self.public_metrics)
             if guarded and not self._ok(scope):

@@ -107,6 +107,11 @@ class MqttExporter:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if not msg.topic.endswith("/set") or not msg.topic.startswith(self.prefix + "/"):
             return
+        if msg.retain:
+            # a retained write is replayed on every (re)connect: obeying it would undo later
+            # writes and raise tag alarms again after each restart
+            log.warning("MQTT: ignored retained write on %s (publish writes without retain)", msg.topic)
+            return
         path = msg.topic[len(self.prefix) + 1:-len("/set")]
         try:
             data = json.loads(msg.payload)

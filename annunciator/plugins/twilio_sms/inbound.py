@@ -13,16 +13,19 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from twilio.twiml.messaging_response import MessagingResponse
 
+from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent
 from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
 from annunciator.core.users import PinResult, User, check_pin
 from annunciator.plugins.twilio.service import twilio_service
+from annunciator.plugins.twilio.webhooks import verified_form
 
 from .replies import Reply, parse_reply
 from .state import ALL_POOLS, SmsState, pool_key, sms_state
@@ -38,12 +41,20 @@ HELP_TEXT = ("Reply with your PIN to acknowledge the last alarm; ACK 12 PIN for 
              "STATUS; STOP to opt out.")
 HELP_SHELVE = " TEST source minutes / UNTEST source to put a source on test."
 UNKNOWN_SENDER = "This number is not registered with the alarm system."
-FORM = "application/x-www-form-urlencoded"
 
 
 # characters XML 1.0 cannot carry even escaped (C0 controls but tab/newline/CR, lone surrogates,
 # U+FFFE/U+FFFF): an answer echoing one (e.g. "TEST a\x01b") would not be TwiML at all
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+_PIN_LIKE = re.compile(r"(?<![#\d])\d{4,12}(?!\d)", re.ASCII)
+
+
+def mask_pins(text: str) -> str:
+    """Every run of 4 to 12 digits not written as a #code: whatever the parser made of a reply
+    ("1234 thx", "pin 1234", "Ack1234"), a PIN in it is never stored."""
+    return _PIN_LIKE.sub(lambda m: "*" * len(m.group()), text)
 
 
 def _twiml(text: str | None) -> Response:
@@ -62,18 +73,7 @@ class InboundSms:
                 Route("/twilio/sms/status", self.status, methods=["POST"])]
 
     async def _verified_form(self, request: Request) -> dict[str, str] | Response:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
-            return Response("expected a form-encoded Twilio webhook\n", status_code=415)
-        form = await request.form()
-        params = {k: str(v) for k, v in form.items()}
-        service = twilio_service(self.gateway)
-        await service.start()
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if not service.signature_ok(path, params, request.headers.get("x-twilio-signature")):
-            log.warning("refused %s from %s: missing or wrong X-Twilio-Signature", request.url.path,
-                        request.client.host if request.client else "?")
-            return Response("invalid signature\n", status_code=403)
-        return params
+        return await verified_form(self.gateway, request)
 
     # --- delivery reports -----------------------------------------------------------------
 
@@ -89,7 +89,12 @@ class InboundSms:
         state = sms_state(self.gateway)
         state.update_status(sid, status, error)
         if code == "21610" and params.get("To"):
-            state.set_opt_out(params["To"], ALL_POOLS, True, "provider")
+            # Twilio's opt-out is per sender: the pool of the number that tried, not every pool
+            service = twilio_service(self.gateway)
+            account = service.owner_of(params.get("From", ""))
+            scope = (pool_key(account.name, service.pool_of(account, params["From"])) if account
+                     else ALL_POOLS)
+            state.set_opt_out(params["To"], scope, True, "provider")
         await self.gateway.delivery.delivery_status(sid, status, error)
         await self.gateway.store.commit()
         return Response(status_code=204)
@@ -109,7 +114,7 @@ class InboundSms:
         sid, their, our, body = params["MessageSid"], params["From"], params["To"], params["Body"]
         # PostgreSQL text cannot hold NUL: one in a stored body would fail the whole group commit
         body = body.replace("\x00", "")
-        if state.seen_before(sid):  # the last day's ids are loaded at start
+        if state.seen_before(sid) or await self._stored_long_ago(sid):
             return _twiml(None)  # a replay: answered, nothing done twice
         profile = self._profile_for(our)
         user = self._user_by_number(their)
@@ -118,12 +123,14 @@ class InboundSms:
         pool = service.pool_of(account, our) if account else None
         reply = parse_reply(body)
         # a PIN is a secret: it is never stored, in the conversation or in the audit log
-        kept = re.sub(rf"(?<!\d){re.escape(reply.pin)}(?!\d)", "*" * len(reply.pin), body) if reply.pin else body
+        kept = mask_pins(body)
         state.record("in", our=our, their=their, body=kept, sid=sid, username=user.username if user else None,
                      status="received", account=account.name if account else None, pool=pool)
+        # a reply is logged against the alarms the conversation's latest message was about
+        # (an alarm notification, or an SMS dispatched from an alarm in the console)
         gw.audit.record(Code.SMS_REPLY, user=user.username if user else None,
                         channel=profile.name if profile else "sms", contact=their, text=kept[:1600],
-                        details={"messageSid": sid, "to": our})
+                        details={"messageSid": sid, "to": our}, event_ids=await self._about(their, our))
         text = await Conversation(gw, state, profile, user, their, our, pool_key(account.name if account else None,
                                                                                  pool)).answer(reply)
         if text:
@@ -131,6 +138,25 @@ class InboundSms:
                          status="twiml", account=account.name if account else None, pool=pool)
         await gw.store.commit()
         return _twiml(text)
+
+    async def _about(self, their: str, our: str) -> list[str]:
+        """Event ids of the latest message we sent to ``their`` from ``our`` (TwiML answers aside)."""
+        m = schema.messages
+        query = (sa.select(m.c.event_ids)
+                 .where(m.c.channel == "sms", m.c.direction == "out", m.c.their_number == their,
+                        m.c.our_number == our, sa.or_(m.c.status.is_(None), m.c.status != "twiml"))
+                 .order_by(m.c.created.desc()).limit(1))
+        ids = await self.gateway.store.read(lambda conn: conn.execute(query).scalar())
+        return list(ids or [])
+
+    async def _stored_long_ago(self, sid: str) -> bool:
+        """Twilio's signatures never expire: a webhook replayed after the last day's ids (kept in
+        memory) is looked up in the table. Without waiting for a commit: the original, if any,
+        was stored long before."""
+        m = schema.messages
+        found = await self.gateway.store.read(
+            lambda c: c.execute(sa.select(m.c.id).where(m.c.id == sid)).first(), fresh=False)
+        return found is not None
 
     def _profile_for(self, our: str) -> TwilioSmsProfile | None:
         from .profile import TwilioSmsProfile

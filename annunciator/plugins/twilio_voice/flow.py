@@ -29,6 +29,7 @@ from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
 from annunciator.core.users import PinResult, User, check_pin
 from annunciator.plugins.twilio.service import twilio_service
+from annunciator.plugins.twilio.webhooks import verified_form
 
 from .scripts import CallScript
 from .state import FINAL, CallSession, voice_state
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from .profile import TwilioVoiceProfile, VoiceSettings
 
 log = logging.getLogger(__name__)
-FORM = "application/x-www-form-urlencoded"
 TEXT_XML = "text/xml"
 INCOMING_ALARMS = 20  # an inbound caller hears at most this many unacknowledged alarms
 
@@ -124,18 +124,7 @@ class VoiceFlow:
     # --- plumbing -------------------------------------------------------------------------
 
     async def _verified_form(self, request: Request) -> dict[str, str] | Response:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
-            return Response("expected a form-encoded Twilio webhook\n", status_code=415)
-        form = await request.form()
-        params = {k: str(v) for k, v in form.items()}
-        service = twilio_service(self.gateway)
-        await service.start()
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if not service.signature_ok(path, params, request.headers.get("x-twilio-signature")):
-            log.warning("refused %s from %s: missing or wrong X-Twilio-Signature", request.url.path,
-                        request.client.host if request.client else "?")
-            return Response("invalid signature\n", status_code=403)
-        return params
+        return await verified_form(self.gateway, request)
 
     def _profile(self, name: str) -> TwilioVoiceProfile | None:
         from .profile import TwilioVoiceProfile
