@@ -105,7 +105,7 @@ def test_script_block_failure_is_counted(pipeline_gateway, webhook_receiver):
 
 
 def test_system_alarm_functions_as_ignition_names_them(pipeline_gateway):
-    gw = pipeline_gateway({"hold": {"blocks": [{"type": "delay", "delay": "1h"}]}})
+    gw = pipeline_gateway({"hold": {"blocks": [{"type": "delay", "delay": "1h"}]}}, scripts={"api_run": True})
     high = raise_alarm(gw, "plant/boiler", "hold", priority="High", displayPath="Boiler 1")
     raise_alarm(gw, "plant/pump", "hold", priority="Low")
     out = _run(gw, f"""
@@ -142,6 +142,7 @@ def test_system_alarm_functions_as_ignition_names_them(pipeline_gateway):
 def test_system_tag_functions(gateway_config, start_gateway):
     gateway_config["tags"] = {"Site/Level": {"type": "Float8", "value": 1.5},
                               "Site/Fixed": {"type": "Int4", "value": 7, "writable": False}}
+    gateway_config["scripts"] = {"api_run": True}
     gw = start_gateway(gateway_config)
     out = _run(gw, """
         codes = system.tag.writeBlocking(["Site/Level", "Site/Level", "Site/Nope", "Site/Fixed"],
@@ -164,7 +165,7 @@ def test_system_tag_functions(gateway_config, start_gateway):
 
 
 def test_api_run_reports_errors_with_file_and_line(pipeline_gateway):
-    gw = pipeline_gateway({})
+    gw = pipeline_gateway({}, scripts={"api_run": True})
     out = _run(gw, "a = 1\n\nb = a.nope\n", "check.py")
     assert out["ok"] is False and out["where"] == "check.py:3"
     assert out["error"] == "AttributeError: 'int' object has no attribute 'nope'"
@@ -176,14 +177,14 @@ def test_api_run_reports_errors_with_file_and_line(pipeline_gateway):
     assert r.status_code == 422
 
 
-def test_api_run_can_be_turned_off(pipeline_gateway):
-    gw = pipeline_gateway({}, scripts={"api_run": False})
+def test_api_run_is_off_unless_turned_on(pipeline_gateway):
+    gw = pipeline_gateway({})  # any API token could otherwise run code in the gateway
     r = gw.client.post("/api/scripts/run", json={"source": "print(1)"})
     assert r.status_code == 403 and "api_run" in r.json()["error"]
 
 
 def test_cli_script_run_against_a_running_gateway(pipeline_gateway, tmp_path):
-    gw = pipeline_gateway({"hold": {"blocks": [{"type": "delay", "delay": "1h"}]}})
+    gw = pipeline_gateway({"hold": {"blocks": [{"type": "delay", "delay": "1h"}]}}, scripts={"api_run": True})
     raise_alarm(gw, "plant/a", "hold", priority="Critical")
     good = tmp_path / "report.py"
     good.write_text('for e in system.alarm.queryStatus(state="ActiveUnacked"):\n'

@@ -265,3 +265,18 @@ def test_a_late_ack_code_does_not_hit_a_newer_alarm(sms_gateway, twilio_emulator
     phone.reply(f"ACK {first['ackCode']} 1234")
     phone.expect_sms(contains=f"No open alarm #{first['ackCode']}")
     assert alarm(gw, second["id"])["acknowledged"] is False
+
+
+@pytest.mark.parametrize("account, message", [
+    ({"account_sid": "", "emulator": False}, "account_sid: required (emulator: false)"),
+    ({"account_sid": "", "auth_token": "secret"}, "account_sid: empty while auth_token is set"),
+])
+def test_missing_credentials_are_a_config_error_not_a_silent_emulator(gateway_config, start_gateway, account,
+                                                                        message):
+    from annunciator.core.errors import ConfigError
+
+    gateway_config["twilio"] = {"accounts": {"main": account}}
+    gateway_config["profiles"]["sms"] = {"type": "twilio-sms"}
+    with pytest.raises(ConfigError) as err:
+        start_gateway(gateway_config)
+    assert "twilio.accounts.main" in str(err.value) and message in str(err.value)

@@ -437,6 +437,8 @@ def test_incoming_call_hears_open_alarms_after_pin_and_is_counted(voice_gateway,
     gw = voice_gateway(profiles=["sms"])
     event = raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped")
     tw.phone(MARIA).expect_sms(contains="Pump 1 tripped")
+    tw.phone(MARIA).reply("STATUS 1234")  # opens a PIN session for SMS...
+    tw.phone(MARIA).expect_sms(contains="1 unacknowledged")
     validator = RequestValidator(tw.auth_token)
     base = {"CallSid": "CA" + "1" * 32, "AccountSid": tw.account_sid, "From": MARIA, "To": tw.numbers[0],
             "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
@@ -449,6 +451,8 @@ def test_incoming_call_hears_open_alarms_after_pin_and_is_counted(voice_gateway,
     assert first.status_code == 200 and first.headers["content-type"].startswith("text/xml")
     doc = parse_and_validate(first.content)
     assert "Hello Maria Lopez" in "".join(doc.itertext())
+    # ...which a call from her number does not get: caller ID can be forged, so the PIN is asked
+    assert "PIN" in "".join(doc.itertext())
     pin_url = doc.find("Gather").get("action")
     doc = parse_and_validate(post(pin_url, Digits="1234", CallStatus="in-progress").content)
     assert "Alarm 1 of 1" in "".join(doc.itertext())

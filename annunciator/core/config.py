@@ -389,7 +389,7 @@ class ScriptsSettings(StrictModel):
     startup: list[Annotated[ScriptSettings, BeforeValidator(_script_or_file)]] = []
     timers: list[Annotated[TimerScriptSettings, BeforeValidator(_script_or_file)]] = []
     # POST /api/scripts/run (and `annunciator script run`): code execution for API token holders
-    api_run: bool = True
+    api_run: bool = False  # any API token could run code in the gateway: opt in
     api_timeout: Duration = 60.0
 
 

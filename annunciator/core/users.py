@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -108,3 +109,12 @@ def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None, 
         user.pin_failures = 0
         return PinResult.LOCKED
     return PinResult.WRONG
+
+
+_PIN_LIKE = re.compile(r"(?<![#\d])\d{4,12}(?!\d)", re.ASCII)
+
+
+def mask_pins(text: str) -> str:
+    """Every run of 4 to 12 digits not written as a #code: whatever a reply looks like ("1234 thx",
+    "pin 1234", "Ack1234"), a PIN in it is never stored or logged."""
+    return _PIN_LIKE.sub(lambda m: "*" * len(m.group()), text)

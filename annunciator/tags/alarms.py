@@ -96,21 +96,25 @@ class TagAlarms:
                 pass
 
     def _changed(self, tag: TagValue) -> None:
-        alarms = self.by_path.get(tag.path)
-        if not alarms:
+        if tag.path not in self.by_path:
             return
-        # the condition is evaluated here, in order of writes, so hysteresis sees every value
-        for a in alarms:
-            a.active = a.evaluate(tag.value, tag.quality)
-            self._dirty[a.source] = (a, tag.value)
         try:
             on_loop = asyncio.get_running_loop() is self.loop
         except RuntimeError:
             on_loop = False
         if on_loop:
-            self._wake.set()
+            self._evaluate(tag.path, tag.value, tag.quality)
         else:
-            self.loop.call_soon_threadsafe(self._wake.set)
+            # a script thread wrote it: evaluate on the loop (the only place that touches the alarm
+            # state), with the value as written; call_soon keeps the writes in order
+            self.loop.call_soon_threadsafe(self._evaluate, tag.path, tag.value, tag.quality)
+
+    def _evaluate(self, path: str, value: Any, quality: str) -> None:
+        # evaluated per write, in order, so hysteresis sees every value
+        for a in self.by_path.get(path, ()):
+            a.active = a.evaluate(value, quality)
+            self._dirty[a.source] = (a, value)
+        self._wake.set()
 
     async def _run(self) -> None:
         from ..core.gateway import AlarmSpec

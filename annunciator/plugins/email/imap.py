@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from annunciator.core import schema
 from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.users import PinResult, User, check_pin
+from annunciator.core.users import PinResult, User, check_pin, mask_pins
 
 from .profile import tls_context
 from .settings import ImapSettings
@@ -137,7 +137,10 @@ class ImapPoller:
 
     async def _run(self) -> None:
         while True:
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:  # one surprise must not end reply-acks for good
+                log.exception("email profile %s: IMAP poll failed", self.profile.name)
             await asyncio.sleep(self.settings.interval)
 
     async def poll(self) -> int:
@@ -148,7 +151,12 @@ class ImapPoller:
             messages = await loop.run_in_executor(None, self._fetch)
             handled = []
             for uid, raw in messages:
-                await self.handle(raw)
+                try:
+                    await self.handle(raw)
+                except Exception:
+                    # a message that cannot be read (an unknown charset, say) is logged and marked
+                    # seen, so it does not fail again on every poll and block the ones after it
+                    log.exception("email profile %s: cannot handle IMAP message %s", self.profile.name, uid)
                 handled.append(uid)
             if handled:
                 await loop.run_in_executor(None, self._mark_seen, handled)
@@ -177,7 +185,7 @@ class ImapPoller:
         user = self._user_by_address(sender)
         match = _ACK.match(line)
         pin = match.group("pin") if match else None
-        shown = line.replace(pin, "*" * len(pin)) if pin else line  # a PIN is never stored
+        shown = mask_pins(line)  # a PIN is never stored, whatever shape the reply has
         base = {"user": user.username if user else None, "channel": self.profile.name, "contact": sender}
         if auto != "no":
             return self._outcome("EmailReplyIgnored", base, f"automatic reply ({auto}) ignored")

@@ -27,6 +27,9 @@ class TwilioAccountSettings(StrictModel):
     # messages per second per sender number (a US long code is 1/s); 0: no limit of ours
     rate_limit: float = Field(1.0, ge=0)
     timeout: Duration = 10.0
+    # None: the emulator exactly when there is no account_sid; false: an empty account_sid (an
+    # unset environment variable) is a config error instead, for production configs
+    emulator: bool | None = None
 
     @model_validator(mode="after")
     def _credentials(self) -> TwilioAccountSettings:
@@ -34,6 +37,11 @@ class TwilioAccountSettings(StrictModel):
             raise ValueError(f"account_sid: expected a Twilio Account SID starting with AC, got {self.account_sid!r}")
         if self.account_sid and not self.auth_token:
             raise ValueError("auth_token: required with an account_sid")
+        if not self.account_sid and self.emulator is False:
+            raise ValueError("account_sid: required (emulator: false); is its environment variable set?")
+        if not self.account_sid and self.auth_token and self.emulator is None:
+            # half a credential is a broken deployment, not a wish to run on the emulator
+            raise ValueError("account_sid: empty while auth_token is set; is its environment variable set?")
         for name, pool in self.pools.items():
             missing = [n for n in pool if n not in self.numbers]
             if missing:
@@ -42,7 +50,7 @@ class TwilioAccountSettings(StrictModel):
 
     @property
     def emulated(self) -> bool:
-        return not self.account_sid
+        return bool(self.emulator) or (self.emulator is None and not self.account_sid)
 
 
 class TwilioSettings(StrictModel):

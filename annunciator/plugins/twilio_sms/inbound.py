@@ -23,7 +23,7 @@ from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent
 from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.users import PinResult, User, check_pin
+from annunciator.core.users import PinResult, User, check_pin, mask_pins
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.webhooks import verified_form
 
@@ -46,15 +46,6 @@ UNKNOWN_SENDER = "This number is not registered with the alarm system."
 # characters XML 1.0 cannot carry even escaped (C0 controls but tab/newline/CR, lone surrogates,
 # U+FFFE/U+FFFF): an answer echoing one (e.g. "TEST a\x01b") would not be TwiML at all
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-_PIN_LIKE = re.compile(r"(?<![#\d])\d{4,12}(?!\d)", re.ASCII)
-
-
-def mask_pins(text: str) -> str:
-    """Every run of 4 to 12 digits not written as a #code: whatever the parser made of a reply
-    ("1234 thx", "pin 1234", "Ack1234"), a PIN in it is never stored."""
-    return _PIN_LIKE.sub(lambda m: "*" * len(m.group()), text)
 
 
 def _twiml(text: str | None) -> Response:

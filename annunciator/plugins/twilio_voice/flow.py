@@ -297,7 +297,11 @@ class VoiceFlow:
                 r.hangup()
                 return to_xml(r)
             speaker.say(r, "greeting", name=name, count=count, alarms=alarms)
-        if not s.pin_required or (user is not None and self._in_pin_session(profile, user.username)):
+        # A call *we* placed reached the number we chose, so a PIN session (or no PIN) may do; an
+        # incoming call's caller ID can be forged, so it always takes the PIN
+        trusted_line = session.direction == "out"
+        if trusted_line and (not s.pin_required or (user is not None
+                                                    and self._in_pin_session(profile, user.username))):
             session.authenticated = True
             self._read_alarm(r, profile, speaker, session)
             return to_xml(r)
