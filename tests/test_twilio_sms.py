@@ -280,3 +280,19 @@ def test_missing_credentials_are_a_config_error_not_a_silent_emulator(gateway_co
     with pytest.raises(ConfigError) as err:
         start_gateway(gateway_config)
     assert "twilio.accounts.main" in str(err.value) and message in str(err.value)
+
+
+def test_a_shared_handset_is_told_apart_by_pin(sms_gateway, twilio_emulator, gateway_config):
+    gateway_config["users"]["li"]["contacts"] = {"sms": MARIA}  # the control-room phone
+    gateway_config["users"]["li"]["pin"] = "5678"
+    gateway_config["rosters"]["operators"] = ["maria", "li"]
+    gw = sms_gateway()
+    phone = twilio_emulator.phone(MARIA)
+    event = raise_alarm(gw, "plant/a", "page")
+    phone.expect_sms()
+    phone.expect_sms()
+    phone.reply("5678")
+    phone.expect_sms(contains="Acknowledged")
+    assert alarm(gw, event["id"])["ackUser"] == "li"
+    users = {u["username"]: u for u in gw.client.get("/api/users").json()["users"]}
+    assert not users["maria"]["lockedUntil"]  # li's PIN did not count as maria's wrong one

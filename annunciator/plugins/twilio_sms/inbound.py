@@ -23,7 +23,7 @@ from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent
 from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.users import PinResult, User, check_pin, mask_pins
+from annunciator.core.users import PinResult, User, check_pin, mask_pins, pin_matches
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.webhooks import verified_form
 
@@ -108,11 +108,11 @@ class InboundSms:
         if state.seen_before(sid) or await self._stored_long_ago(sid):
             return _twiml(None)  # a replay: answered, nothing done twice
         profile = self._profile_for(our)
-        user = self._user_by_number(their)
         service = twilio_service(gw)
         account = service.owner_of(our)
         pool = service.pool_of(account, our) if account else None
         reply = parse_reply(body)
+        user = self._sender(their, reply, state)
         # a PIN is a secret: it is never stored, in the conversation or in the audit log
         kept = mask_pins(body)
         state.record("in", our=our, their=their, body=kept, sid=sid, username=user.username if user else None,
@@ -160,11 +160,18 @@ class InboundSms:
                 return p
         return candidates[0] if candidates else None
 
-    def _user_by_number(self, number: str) -> User | None:
-        for user in self.gateway.users.values():
-            if number in user.contacts.get("sms", []) or number in user.contacts.get("phone", []):
-                return user
-        return None
+    def _sender(self, number: str, reply: Reply, state: SmsState) -> User | None:
+        """Who texted. A handset shared by several people (a control-room phone) is resolved by
+        the PIN in the reply, else to the one it last texted about an alarm, else the first."""
+        users = [u for u in self.gateway.users.values()
+                 if number in u.contacts.get("sms", []) or number in u.contacts.get("phone", [])]
+        if len(users) <= 1:
+            return users[0] if users else None
+        if reply.pin:
+            for u in users:
+                if pin_matches(u, self.gateway.secret, reply.pin):
+                    return u
+        return next((u for u in users if u.username in state.latest), users[0])
 
 
 class Conversation:

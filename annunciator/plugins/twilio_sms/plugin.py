@@ -34,7 +34,16 @@ def annunciator_routes(gateway: Any) -> list[Any]:
 
 @hookimpl
 def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
-    """Warn about message templates that would go out as UCS-2 (70 characters a segment, not 160)."""
+    """Warn about message templates that would go out as UCS-2 (70 characters a segment, not 160),
+    and about a number several people share (their replies are told apart by PIN)."""
+    owners: dict[str, list[str]] = {}
+    for name, us in config.settings.users.items():
+        for number in {*us.contacts.get("sms", []), *us.contacts.get("phone", [])}:  # type: ignore[misc]
+            owners.setdefault(number, []).append(name)
+    for number, names in owners.items():
+        if len(names) > 1:
+            config.notices.append((f"users.{names[1]}.contacts", f"{number} is also {names[0]}'s number: "
+                                   "replies from it are told apart by PIN"))
     sms = {name for name, raw in config.settings.profiles.items() if raw.get("type") == TwilioSmsProfile.type_name}
     smart = {name for name in sms if getattr(config.profiles.get(name), "smart_encoding", False)}
     for pname, pipeline in config.pipelines.items():
