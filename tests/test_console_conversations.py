@@ -71,7 +71,6 @@ def test_inbound_is_unread_until_opened_and_a_reply_reaches_the_phone(gw, twilio
     page = otto.get("/console/conversations").text
     row = page.split(f'data-number="{MARIA}"', 1)[1].split("</tr>", 1)[0]
     assert 'class="unread' in page.split(f'data-number="{MARIA}"', 1)[0].rsplit("<tr", 1)[1]
-    # the last message is the gateway's own answer to free text ("Not understood ..."), sent as TwiML
     assert "Maria Lopez" in row and "<b>3" not in page
     assert "1 new" in page  # the nav indicator
     assert "1 new" in otto.get("/console/conversations/unread", headers=FRAGMENT).text

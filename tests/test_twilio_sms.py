@@ -212,12 +212,18 @@ def test_unknown_sender_gets_one_polite_reply(sms_gateway, twilio_emulator):
     stranger.expect_no_sms(within=0.5)
 
 
-def test_error_replies_are_bounded(sms_gateway, twilio_emulator):
-    sms_gateway(sms={"max_error_replies": 2})
+def test_error_replies_are_bounded_and_free_text_is_not_answered(sms_gateway, twilio_emulator):
+    gw = sms_gateway(sms={"max_error_replies": 2})
     phone = twilio_emulator.phone(MARIA)
     for _ in range(4):
-        phone.send("what?")
-    assert sum("Not understood" in m.body for m in phone.messages) == 2
+        phone.send("STATUS")  # a command without the PIN: the answer asks for it, twice at most
+    phone.expect_sms(contains="Send your PIN")
+    phone.expect_sms(contains="Send your PIN")
+    phone.expect_no_sms(within=0.3)
+    phone.send("running late, there in 10")  # words for people: logged, read in the console
+    phone.expect_no_sms(within=0.5)
+    logged = gw.client.get("/api/audit", params={"code": "SMSReply"}).json()["audit"]
+    assert logged[-1]["text"] == "running late, there in 10"
 
 
 def test_without_credentials_the_gateway_texts_through_its_builtin_emulator(gateway_config, start_gateway):

@@ -353,7 +353,9 @@ class Conversation:
         word = reply.text.strip().split()[0].upper() if reply.text.strip() else ""
         k = keywords.get(word)
         if k is None:
-            return self._bounded("Not understood. Reply HELP for help.")
+            # free text is a message for people (the console's conversations), logged as SMSReply;
+            # answering it with "not understood" would talk over the operator who reads it
+            return None
         self.gw.audit.record(k.code, user=self._name, contact=self.their, text=reply.text,
                              event_ids=latest.event_ids if latest else None)
         if k.action in ("ack", "shelve") and not self.state.in_session(self._name or ""):
