@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,8 +26,29 @@ T = TypeVar("T")
 TOKEN = "test-token"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port for a server the test starts later, chosen *below* the ephemeral range: a port
+    the OS hands out for ``bind(0)`` (receivers, emulators, client sockets) in the meantime can
+    then never be the one this server is about to take."""
+    low, _ = _ephemeral_range()
+    top = max(low - 1, 2048)
+    for _ in range(200):
+        port = random.randint(max(1024, top - 12000), top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: fall back to what the OS offers
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
