@@ -85,3 +85,21 @@ def test_set_pin_over_the_cli_and_api(pipeline_gateway, tmp_path):
     assert cli("unlock", "li").returncode == 0
     assert "LOCKED" not in cli("list").stdout
     assert check_pin(li, gw.gateway.secret, "98765") == PinResult.OK
+
+
+def test_wrong_pins_are_counted_within_a_window(tmp_path):
+    """Five within fifteen minutes lock out (the SMS profile's figures); older mistakes are forgotten."""
+    secret = load_secret(tmp_path / "secret.key")
+    u = User("maria")
+    set_pin(u, secret, "1234")
+    now = utcnow()
+    rules = {"max_failures": 5, "lockout": timedelta(minutes=15)}
+    for i in range(4):
+        assert check_pin(u, secret, "0000", now + timedelta(minutes=i), **rules) == PinResult.WRONG
+    # the fifth comes after the window of the first: the count starts again, no lockout
+    later = now + timedelta(minutes=16)
+    assert check_pin(u, secret, "0000", later, **rules) == PinResult.WRONG
+    assert u.pin_failures == 1
+    for i in range(1, 4):
+        assert check_pin(u, secret, "0000", later + timedelta(minutes=i), **rules) == PinResult.WRONG
+    assert check_pin(u, secret, "0000", later + timedelta(minutes=5), **rules) == PinResult.LOCKED

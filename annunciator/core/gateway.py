@@ -163,6 +163,7 @@ class Gateway:
                 user.id = row["id"]
                 user.pin_hash, user.pin_salt = row["pin_hash"], row["pin_salt"]
                 user.pin_failures, user.locked_until = row["pin_failures"], row["locked_until"]
+                user.pin_failed_at = row["pin_failed_at"]
             else:
                 user.id = us.id if us.id is not None else next_id
                 next_id = max(next_id, user.id) + 1
@@ -170,7 +171,8 @@ class Gateway:
                 set_pin(user, self.secret, us.pin)
             values = {"username": username, "name": user.name, "language": user.language,
                       "contacts": user.contacts, "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
-                      "pin_failures": user.pin_failures, "locked_until": user.locked_until}
+                      "pin_failures": user.pin_failures, "locked_until": user.locked_until,
+                      "pin_failed_at": user.pin_failed_at}
             if row is None:
                 self.store.insert(schema.users, {"id": user.id, **values})
             else:
@@ -196,7 +198,7 @@ class Gateway:
 
     def unlock_user(self, username: str) -> User:
         user = self.get_user(username)
-        user.pin_failures, user.locked_until = 0, None
+        user.pin_failures, user.locked_until, user.pin_failed_at = 0, None, None
         self.save_user(user)
         return user
 
@@ -204,7 +206,8 @@ class Gateway:
         """Persist PIN and lockout state after a check."""
         self.store.update(schema.users, user.id, {
             "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
-            "pin_failures": user.pin_failures, "locked_until": user.locked_until})
+            "pin_failures": user.pin_failures, "locked_until": user.locked_until,
+            "pin_failed_at": user.pin_failed_at})
 
     async def _recover(self) -> None:
         """Load open events, shelves, running pipeline instances and unsent notifications."""

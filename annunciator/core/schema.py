@@ -54,6 +54,7 @@ users = sa.Table(
     sa.Column("pin_salt", sa.String(64)),
     sa.Column("pin_failures", sa.Integer, nullable=False, default=0),
     sa.Column("locked_until", UTCDateTime),
+    sa.Column("pin_failed_at", UTCDateTime),  # the first wrong PIN of the current window
 )
 
 alarm_events = sa.Table(

@@ -34,6 +34,7 @@ class User:
     pin_salt: str | None = None
     pin_failures: int = 0
     locked_until: datetime | None = None
+    pin_failed_at: datetime | None = None  # first wrong PIN of the current window
 
     @property
     def display_name(self) -> str:
@@ -74,6 +75,7 @@ def set_pin(user: User, secret: bytes, pin: str) -> None:
     user.pin_hash = hash_pin(secret, user.pin_salt, pin)
     user.pin_failures = 0
     user.locked_until = None
+    user.pin_failed_at = None
 
 
 def pin_matches(user: User, secret: bytes, pin: str) -> bool:
@@ -102,7 +104,12 @@ def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None, 
     if pin_matches(user, secret, pin):
         user.pin_failures = 0
         user.locked_until = None
+        user.pin_failed_at = None
         return PinResult.OK
+    # wrong PINs count within a window (as long as the lockout): a typo last week is forgotten
+    window = lockout or LOCKOUT
+    if user.pin_failed_at is None or now - user.pin_failed_at > window:
+        user.pin_failures, user.pin_failed_at = 0, now
     user.pin_failures += 1
     if user.pin_failures >= (max_failures or MAX_PIN_FAILURES):
         user.locked_until = now + (lockout or LOCKOUT)
