@@ -79,6 +79,7 @@ WEBHOOK_TIMEOUT = 15.0
 _USER_AGENT = "TwilioProxy/1.1"
 _PREFIX = f"/{API_VERSION}/Accounts"
 _FORM = web.RequestKey("form", dict)  # the request's form and query values, parsed once
+_SID = web.RequestKey("sid", str)  # what the request created, for the request record
 
 
 class TwilioEmulator:
@@ -528,7 +529,7 @@ class TwilioEmulator:
                 status = int(fault.kind)
                 raise TwilioApiError(status, 20000 + status, None, headers)
             response = await handler(request)
-            sid = request.get("sid")
+            sid = request.get(_SID)
             status, code = response.status, None
         except TwilioApiError as exc:
             status, code = exc.status, exc.code
@@ -642,7 +643,7 @@ class TwilioEmulator:
             if sender is None:
                 sender = self._pick_sender(service or "", to)
             msg = self._new_outbound(to, sender, body, "outbound-api", service, callback)
-            request["sid"] = msg.sid
+            request[_SID] = msg.sid
             doc = msg.to_json()
             if service and not from_raw:
                 doc["from"] = None  # Twilio picks the sender after accepting the request
@@ -712,7 +713,7 @@ class TwilioEmulator:
             msg = self._messages.get(sid)
             if msg is None:
                 raise TwilioApiError(404, 20404, f"The requested resource {request.path} was not found")
-            request["sid"] = sid
+            request[_SID] = sid
             return web.json_response(msg.to_json())
 
     async def _list_messages(self, request: web.Request) -> web.Response:
@@ -856,7 +857,7 @@ class TwilioEmulator:
                 timeout=int(timeout_raw) if timeout_raw and timeout_raw.isdigit() else 60,
             )
             self._calls[call.sid] = call
-            request["sid"] = call.sid
+            request[_SID] = call.sid
             doc = call.to_json()
             self._cond.notify_all()
         log.info("call %s %s -> %s", call.sid, sender, to)
@@ -868,7 +869,7 @@ class TwilioEmulator:
             call = self._calls.get(request.match_info["sid"])
             if call is None:
                 raise TwilioApiError(404, 20404, f"The requested resource {request.path} was not found")
-            request["sid"] = call.sid
+            request[_SID] = call.sid
             return web.json_response(call.to_json())
 
     async def _update_call(self, request: web.Request) -> web.Response:
@@ -876,7 +877,7 @@ class TwilioEmulator:
             call = self._calls.get(request.match_info["sid"])
             if call is None:
                 raise TwilioApiError(404, 20404, f"The requested resource {request.path} was not found")
-            request["sid"] = call.sid
+            request[_SID] = call.sid
         status = self._one(request, "Status")
         url, twiml = self._one(request, "Url"), self._one(request, "Twiml")
         if status in ("completed", "canceled"):
