@@ -25,6 +25,17 @@ def raise_alarm(gw: RunningGateway, source: str, pipeline: str | None = None, **
     return r.json()["events"][0]
 
 
+def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {timeout:g}s")
+
+
 def ack(gw: RunningGateway, event_id: str, user: str = "maria", notes: str = "") -> Any:
     return gw.client.post(f"/api/alarms/{event_id}/acknowledge", json={"user": user, "notes": notes})
 

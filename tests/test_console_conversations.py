@@ -11,7 +11,7 @@ from test_console import _fast, sign_in
 
 from annunciator.testing.gateway import RunningGateway
 
-from conftest import raise_alarm
+from conftest import raise_alarm, wait_until
 
 pytestmark = pytest.mark.twilio
 
@@ -49,15 +49,6 @@ def start_with_pools(gateway_config: dict[str, Any], start_gateway: Any, tw: Any
     gateway_config["console"] = {"users": users(), **console}
     gateway_config["pipelines"] = {"wait": {"blocks": [{"type": "delay", "delay": "1h"}]}}
     return start_gateway(gateway_config)
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def audit(gw: RunningGateway, code: str) -> list[dict[str, Any]]:
@@ -225,7 +216,7 @@ def test_dispatch_sms_from_an_alarm_and_the_reply_is_logged_against_it(gw, twili
     assert stored["eventIds"] == [event["id"]]
 
     phone.reply("On site in 10 <min>")
-    replies = wait_for(lambda: [a for a in audit(gw, "SMSReply") if a["text"] == "On site in 10 <min>"])
+    replies = wait_until(lambda: [a for a in audit(gw, "SMSReply") if a["text"] == "On site in 10 <min>"])
     assert replies[0]["eventIds"] == [event["id"]] and replies[0]["user"] == "maria"
     history = otto.get(f"/console/alarms/{event['id']}").text.split("<h2>History", 1)[1]
     assert "SMSReply" in history and "On site in 10 &lt;min&gt;" in history

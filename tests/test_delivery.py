@@ -13,7 +13,7 @@ from annunciator.cli import main
 from annunciator.testing.gateway import TOKEN
 from annunciator.testing.receiver import WebhookReceiver
 
-from conftest import ack, raise_alarm, story
+from conftest import ack, raise_alarm, story, wait_until
 
 
 @pytest.fixture
@@ -34,16 +34,6 @@ def channels(gateway_config: dict[str, Any], primary: WebhookReceiver, backup: W
 def block(**settings: Any) -> dict[str, Any]:
     return {"type": "notification", "roster": "operators", "profiles": ["pager", "mailer"],
             "message": "{name} at {displayPath}", **settings}
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_fallback_after_retries_run_out(gateway_config, pipeline_gateway, webhook_receiver, backup_receiver):

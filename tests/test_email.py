@@ -30,7 +30,7 @@ from annunciator.core.plugins import default_manager
 from annunciator.plugins.email.tokens import SALT
 from annunciator.testing.gateway import free_port
 
-from conftest import raise_alarm, story
+from conftest import raise_alarm, story, wait_until
 
 USER, PASSWORD = "alarms", "s3cret-pw"
 
@@ -126,16 +126,6 @@ def parts(msg: EmailMessage) -> tuple[str, str]:
 
 def links(text: str) -> list[str]:
     return re.findall(r"http://\S+/ack/\S+", text)
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def alarm(gw: Any, event_id: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,9 @@ from click.testing import CliRunner
 
 from annunciator.cli import main
 
-from conftest import raise_alarm
+from conftest import raise_alarm, wait_until
 
 ERRORS = "System/Gateway/Scripts/Errors"
-
-
-def _wait(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def _tag(gw: Any, path: str) -> Any:
@@ -73,9 +62,9 @@ def test_startup_and_timer_scripts_run_and_a_failing_one_is_logged_counted_and_h
                    {"name": "nightly", "code": "pass", "cron": "0 3 * * *", "timezone": "Europe/Berlin"}]}
     gw = start_gateway(gateway_config)
 
-    _wait(lambda: _tag(gw, "Site/Started") is True, what="start-up script wrote its tag")
-    _wait(lambda: _tag(gw, "Site/Ticks") >= 3, what="timer script ran three times")
-    _wait(lambda: _tag(gw, ERRORS) >= 2, what="failing timer script counted twice")
+    wait_until(lambda: _tag(gw, "Site/Started") is True, what="start-up script wrote its tag")
+    wait_until(lambda: _tag(gw, "Site/Ticks") >= 3, what="timer script ran three times")
+    wait_until(lambda: _tag(gw, ERRORS) >= 2, what="failing timer script counted twice")
     last_error = _tag(gw, "System/Gateway/Scripts/LastError")
     assert last_error.endswith("fail.py:3: ZeroDivisionError: division by zero"), last_error
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and "fail.py:3" in r.getMessage()]
@@ -86,7 +75,7 @@ def test_startup_and_timer_scripts_run_and_a_failing_one_is_logged_counted_and_h
     # the gateway is unharmed: it answers, and the good timer keeps going
     assert gw.client.get("/api/health").json()["status"] == "ok"
     ticks = _tag(gw, "Site/Ticks")
-    _wait(lambda: _tag(gw, "Site/Ticks") > ticks, what="timer still running after failures")
+    wait_until(lambda: _tag(gw, "Site/Ticks") > ticks, what="timer still running after failures")
     jobs = {j.id for j in gw.gateway.timers.scheduler.get_jobs()}
     assert any(j.endswith(":nightly") for j in jobs)
 

@@ -14,7 +14,7 @@ import pytest
 from annunciator import hookimpl
 from annunciator.tags.provider import BAD, Dataset, TagError, TagNotFound, TagProvider, TagReadOnly
 
-from conftest import Subscriber
+from conftest import Subscriber, wait_until
 
 # --- the provider ---------------------------------------------------------------------------
 
@@ -176,16 +176,6 @@ def test_public_metrics_needs_no_token(gateway_config, start_gateway):
     assert httpx.get(gw.url + "/api/tags").status_code == 401
 
 
-def _wait(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
-
-
 def _alarms(gw: Any, source: str) -> list[dict[str, Any]]:
     return gw.client.get("/api/alarms", params={"source": source}).json()["events"]
 
@@ -203,12 +193,12 @@ def test_tag_alarm_raises_into_a_pipeline_and_clears(gateway_config, start_gatew
     (event,) = _alarms(gw, LEVEL_HIGH)
     assert event["state"] == "ActiveUnacked" and event["priority"] == "High"
     assert event["properties"]["tagPath"] == "Plant/Tank1/Level"
-    _wait(lambda: gw.client.get("/api/tags/System/Gateway/Alarming/ActiveUnacked/High").json()["value"] == 1,
+    wait_until(lambda: gw.client.get("/api/tags/System/Gateway/Alarming/ActiveUnacked/High").json()["value"] == 1,
           what="Alarming/ActiveUnacked/High == 1")
 
     gw.client.post("/api/tags/Plant/Tank1/Level", json={"value": 97})  # still above: no second event
     gw.client.post("/api/tags/Plant/Tank1/Level", json={"value": 50})
-    cleared = _wait(lambda: [e for e in _alarms(gw, LEVEL_HIGH) if e["state"] == "ClearUnacked"],
+    cleared = wait_until(lambda: [e for e in _alarms(gw, LEVEL_HIGH) if e["state"] == "ClearUnacked"],
                     what="alarm cleared")
     assert cleared[0]["id"] == event["id"]
     time.sleep(0.3)
@@ -225,20 +215,20 @@ def test_mqtt_publishes_retained_json_on_change_and_takes_writes(gateway_config,
     live = Subscriber(host, port, "site1/#")
     try:
         level = "site1/Plant/Tank1/Level"
-        _wait(lambda: live.value(level) == 10.0, what="initial value published")
+        wait_until(lambda: live.value(level) == 10.0, what="initial value published")
         gw.client.post("/api/tags/Plant/Tank1/Level", json={"value": 33.5})
-        _wait(lambda: live.value(level) == 33.5, what="new value published")
+        wait_until(lambda: live.value(level) == 33.5, what="new value published")
         with live.lock:
             msg = live.messages[level]
         assert msg["path"] == "Plant/Tank1/Level" and msg["dataType"] == "Float8" and msg["quality"] == "Good"
-        stats = live.messages.get("site1/Test/Stats/UserStatistics") or _wait(
+        stats = live.messages.get("site1/Test/Stats/UserStatistics") or wait_until(
             lambda: live.messages.get("site1/Test/Stats/UserStatistics"))
         assert stats["value"]["columns"] == USER_COLUMNS
 
         # a subscriber arriving later gets the current value at once, from the broker
         late = Subscriber(host, port, level)
         try:
-            _wait(lambda: late.value(level) == 33.5, what="retained value for a late subscriber")
+            wait_until(lambda: late.value(level) == 33.5, what="retained value for a late subscriber")
             assert late.retained[level] is True
         finally:
             late.close()
@@ -247,9 +237,9 @@ def test_mqtt_publishes_retained_json_on_change_and_takes_writes(gateway_config,
         import paho.mqtt.publish as publish
 
         publish.single(level + "/set", json.dumps(99), hostname=host, port=port, qos=1)
-        _wait(lambda: gw.client.get("/api/tags/Plant/Tank1/Level").json()["value"] == 99.0, what="MQTT write")
+        wait_until(lambda: gw.client.get("/api/tags/Plant/Tank1/Level").json()["value"] == 99.0, what="MQTT write")
         assert webhook_receiver.wait_for(1)[0].json["message"] == "Plant/Tank1/Level/High 99.0"
-        _wait(lambda: live.value(level) == 99.0, what="written value republished")
+        wait_until(lambda: live.value(level) == 99.0, what="written value republished")
         # a read-only tag refuses writes from MQTT
         publish.single("site1/Test/Stats/MessagesSent/set", "0", hostname=host, port=port, qos=1)
         publish.single(level + "/set", json.dumps("not a number"), hostname=host, port=port, qos=1)

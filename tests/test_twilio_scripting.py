@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
-from conftest import Subscriber, raise_alarm
+from conftest import Subscriber, raise_alarm, wait_until
 
 pytestmark = pytest.mark.twilio
 
@@ -34,15 +33,6 @@ def run_script(gw: Any, source: str) -> dict[str, Any]:
 
 def tag(gw: Any, path: str) -> Any:
     return gw.gateway.tags.read(path).value
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := predicate()):
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -79,14 +69,14 @@ def test_send_message_from_a_script_counts_everywhere(twilio_gateway, twilio_emu
     twilio_emulator.phone("+12223334444").expect_sms(contains="Hello World!")
     twilio_emulator.phone(MARIA).expect_sms(contains="Hi Maria")
     assert out["maria_after"] == out["maria_before"] + 1  # maria is user 0: the first in the config
-    wait_for(lambda: tag(gw, "System/Gateway/Twilio/MessagesSent") == before + 2)
+    wait_until(lambda: tag(gw, "System/Gateway/Twilio/MessagesSent") == before + 2)
     try:  # the broker holds the new value, retained for whoever subscribes later
-        wait_for(lambda: broker.value(topic) == before + 2)
+        wait_until(lambda: broker.value(topic) == before + 2)
     finally:
         broker.close()
     late = Subscriber(host, port, topic)
     try:
-        wait_for(lambda: late.value(topic) == before + 2)
+        wait_until(lambda: late.value(topic) == before + 2)
     finally:
         late.close()
     table = tag(gw, "System/Gateway/Twilio/UserStatistics")
@@ -122,12 +112,12 @@ def test_statistics_survive_a_restart(twilio_gateway, twilio_emulator, gateway_c
     phone.expect_sms()
     phone.reply("1234")
     phone.expect_sms(contains="Acknowledged")
-    wait_for(lambda: tag(gw, "System/Gateway/Twilio/MessagesReceived") == 1)
+    wait_until(lambda: tag(gw, "System/Gateway/Twilio/MessagesReceived") == 1)
     counts = {n: tag(gw, f"System/Gateway/Twilio/{n}") for n in ("MessagesSent", "MessagesReceived")}
     assert counts == {"MessagesSent": 2, "MessagesReceived": 1}
     gw.stop()
     gw2 = start_gateway(gateway_config, name="again.yaml")
-    wait_for(lambda: tag(gw2, "System/Gateway/Twilio/MessagesSent") == 2)
+    wait_until(lambda: tag(gw2, "System/Gateway/Twilio/MessagesSent") == 2)
     assert tag(gw2, "System/Gateway/Twilio/MessagesReceived") == 1
     out = run_script(gw2, "print_me = system.twilio.getUser(0).getMessagesSent()\n"
                           "received = system.twilio.getUser(0).messages_received\n")

@@ -13,7 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from annunciator.testing.gateway import RunningGateway
 
-from conftest import raise_alarm, story
+from conftest import raise_alarm, story, wait_until
 
 pytestmark = pytest.mark.twilio
 
@@ -45,16 +45,6 @@ def sms_gateway(gateway_config, start_gateway, twilio_emulator):
 
 def alarm(gw: RunningGateway, event_id: str) -> dict[str, Any]:
     return gw.client.get(f"/api/alarms/{event_id}").json()
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_alarm_by_sms_acknowledged_by_replying_the_pin(sms_gateway, twilio_emulator):

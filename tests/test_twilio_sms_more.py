@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import datetime
 from itertools import pairwise
@@ -23,7 +22,7 @@ from twilio.request_validator import RequestValidator
 from annunciator.plugins.twilio_sms.replies import parse_reply
 from annunciator.testing.gateway import RunningGateway, write_config
 
-from conftest import raise_alarm, story
+from conftest import raise_alarm, story, wait_until
 
 pytestmark = pytest.mark.twilio
 
@@ -58,16 +57,6 @@ def sms_gw(gateway_config, start_gateway, twilio_emulator):
         return start_gateway(gateway_config)
 
     return start
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not met within {timeout}s")
 
 
 def audit(gw: RunningGateway, **params: Any) -> list[dict[str, Any]]:

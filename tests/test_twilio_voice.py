@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,7 +22,7 @@ from annunciator.plugins.twilio_voice.state import CallSession
 from annunciator.plugins.twilio_voice.twiml import InvalidTwiml, parse_and_validate, to_xml
 from annunciator.testing.gateway import RunningGateway
 
-from conftest import raise_alarm, story
+from conftest import raise_alarm, story, wait_until
 
 pytestmark = pytest.mark.twilio
 
@@ -62,16 +61,6 @@ def voice_gateway(gateway_config, start_gateway, twilio_emulator, tmp_path):
         return start_gateway(gateway_config)
 
     return start
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def alarm(gw: RunningGateway, event_id: str) -> dict[str, Any]:

@@ -37,6 +37,16 @@ class DeliveryResult:
         return cls(False, None, error, retryable, retry_after)
 
 
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from an HTTP ``Retry-After`` header (the delay form), for ``DeliveryResult.retry_after``."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
 class NotificationProfile:
     """Base class of notification profile types.
 

@@ -17,6 +17,8 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from annunciator.core.profiles import parse_retry_after
+
 _TWILIO_API = "https://api.twilio.com"
 
 # per asyncio task, so concurrent sends never read each other's header
@@ -34,14 +36,6 @@ def rebase(url: str, api_base: str) -> str:
     base = urlsplit(api_base)
     return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + parts.path, parts.query, parts.fragment))
 
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class AsyncRebasedHttpClient(AsyncTwilioHttpClient):

@@ -51,6 +51,10 @@ class SmsState:
             return
         m, o, ps, n = schema.messages, schema.opt_outs, schema.pin_sessions, schema.notifications
 
+        newest = (sa.select(m.c.username, sa.func.max(m.c.created).label("created"))
+                  .where(m.c.direction == "out", m.c.channel == "sms", m.c.notification_id.is_not(None))
+                  .group_by(m.c.username).subquery())
+
         def read(conn: sa.Connection) -> dict[str, Any]:
             return {
                 "opt": conn.execute(sa.select(o.c.number, o.c.scope, o.c.active)).all(),
@@ -63,9 +67,12 @@ class SmsState:
                 "recent": conn.execute(sa.select(m.c.id).where(
                     m.c.direction == "in", m.c.channel == "sms",
                     m.c.created >= utcnow() - timedelta(days=1)).order_by(m.c.created)).scalars().all(),
+                # only each person's newest alarm SMS: start-up must not read the whole history
                 "latest": conn.execute(sa.select(m.c.username, m.c.event_ids, m.c.notification_id, m.c.our_number,
                                                  n.c.pipeline, n.c.block, m.c.created)
                                        .join(n, n.c.id == m.c.notification_id)
+                                       .join(newest, sa.and_(newest.c.username == m.c.username,
+                                                             newest.c.created == m.c.created))
                                        .where(m.c.direction == "out", m.c.channel == "sms")
                                        .order_by(m.c.created)).all(),
             }

@@ -13,7 +13,7 @@ from pydantic import AnyHttpUrl, field_validator
 from annunciator import hookimpl
 from annunciator.core.config import Duration, StrictModel
 from annunciator.core.notifications import Notification
-from annunciator.core.profiles import DeliveryResult, NotificationProfile
+from annunciator.core.profiles import DeliveryResult, NotificationProfile, parse_retry_after
 
 
 class WebhookSettings(StrictModel):
@@ -33,14 +33,6 @@ class WebhookSettings(StrictModel):
                 raise ValueError(f"header {k!r} contains a line break")
         return v
 
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class WebhookProfile(NotificationProfile):
