@@ -44,3 +44,12 @@ class Invalid(AnnunciatorError):
 
 class AlreadyRunning(AnnunciatorError):
     """Another gateway holds the database: a second one would send every notification twice."""
+
+
+class Unavailable(AnnunciatorError):
+    """The database does not answer in time (HTTP 503): nothing was lost, ask again later."""
+
+
+class Refused(AnnunciatorError):
+    """The database refused rows of this change (HTTP 500): they are not stored, and nothing acts
+    as if they were; the other changes committed beside them are stored."""

@@ -13,8 +13,10 @@ import asyncio
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
-from . import schema
-from .errors import AlreadyRunning
+from . import sanitize, schema
+from .errors import AlreadyRunning, Refused, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +44,13 @@ def normalize_url(url: str) -> str:
 def create_engine(url: str) -> Engine:
     url = normalize_url(url)
     # A file database needs no liveness ping; a server does (restarts, idle timeouts).
-    engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, json_serializer=sanitize.dumps)
+    else:
+        # A server needs a liveness ping (restarts, idle timeouts) and a bounded connect: during
+        # an outage a reader must give up within the read timeout rather than hang in connect().
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5},
+                                  json_serializer=sanitize.dumps)
     if engine.dialect.name == "sqlite":
         @sa_event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -72,16 +80,75 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
 
 class _Batch:
-    __slots__ = ("callbacks", "future", "inserts", "updates")
+    """Rows queued since the last flush, each remembered with the *unit* that queued it.
+
+    A unit is the asyncio task that queued the row (an HTTP request, a delivery, a poller) or
+    None for plain loop callbacks (timers). Units that touch the same keyed row are merged, since
+    their changes stand or fall together. When a commit fails for a reason other than a lost
+    connection (a value the database refuses), the batch is written again unit group by unit
+    group, so only the offending group fails and its neighbours are stored.
+    """
+
+    __slots__ = ("callbacks", "failed", "future", "groups", "insert_units", "inserts", "owners",
+                 "parent", "root_unit", "updates")
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.inserts: dict[sa.Table, dict[Any, dict[str, Any]] | list[dict[str, Any]]] = {}
         self.updates: dict[sa.Table, dict[Any, dict[str, Any]]] = {}
-        self.callbacks: list[Callable[[], Any]] = []
+        self.callbacks: list[tuple[Any, Callable[[], Any]]] = []
         self.future: asyncio.Future[None] = loop.create_future()
+        # unkeyed inserts: the unit of each row, in step with inserts[table]
+        self.insert_units: dict[sa.Table, list[Any]] = {}
+        # keyed inserts and updates: (table, key) -> the unit that first touched the row
+        self.owners: dict[tuple[sa.Table, Any], Any] = {}
+        self.parent: dict[Any, Any] = {}  # union-find over units that share a row
+        self.failed: dict[Any, BaseException] = {}  # unit group root -> why its rows were refused
+        self.groups: list[_Batch] | None = None  # set once the batch is written group by group
+        self.root_unit: Any = None  # of a group: the unit its units were merged into
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.callbacks)
+
+    def root(self, unit: Any) -> Any:
+        parent = self.parent
+        while parent.get(unit, unit) is not unit:
+            nxt = parent[unit]
+            parent[unit] = parent.get(nxt, nxt)
+            unit = nxt
+        return unit
+
+    def own(self, table: sa.Table, key: Any, unit: Any) -> None:
+        owner = self.owners.setdefault((table, key), unit)
+        if owner is not unit:
+            a, b = self.root(owner), self.root(unit)
+            if a is not b:
+                self.parent[b] = a
+
+    def split(self, loop: asyncio.AbstractEventLoop) -> list[_Batch]:
+        """One sub-batch per group of units, in the order the groups first queued a row."""
+        groups: dict[Any, _Batch] = {}
+
+        def group(unit: Any) -> _Batch:
+            r = self.root(unit)
+            g = groups.get(r)
+            if g is None:
+                g = groups[r] = _Batch(loop)
+                g.root_unit = r
+            return g
+
+        for table, pending in self.inserts.items():
+            if isinstance(pending, dict):
+                for key, row in pending.items():
+                    g = group(self.owners[(table, key)])
+                    g.inserts.setdefault(table, {})[key] = row  # type: ignore[index]
+            else:
+                for unit, row in zip(self.insert_units[table], pending, strict=True):
+                    g = group(unit)
+                    g.inserts.setdefault(table, []).append(row)  # type: ignore[union-attr]
+        for table, updates in self.updates.items():
+            for key, values in updates.items():
+                group(self.owners[(table, key)]).updates.setdefault(table, {})[key] = values
+        return list(groups.values())
 
 
 # Tables whose rows are updated later by primary key; their pending inserts are kept by key so
@@ -111,8 +178,16 @@ class Store:
         self._before_flush: list[Callable[[], Any]] = []
         self._lock: Any = None
         self._inflight: _Batch | None = None
+        # tasks whose rows the database refused, until their next commit() reports it
+        self._refused: weakref.WeakKeyDictionary[asyncio.Task[Any], BaseException] = weakref.WeakKeyDictionary()
+        self.rows_refused = 0
         self.batches_written = 0
         self.rows_written = 0
+        # how long a read (with the commit it waits for) may take before it answers Unavailable
+        self.read_timeout = 10.0
+        # when writes started failing for a lost connection (None: the database answers)
+        self.outage_since: datetime | None = None
+        self.outage_error = ""
 
     @property
     def dialect(self) -> str:
@@ -213,15 +288,20 @@ class Store:
 
     def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
         batch = self._current()
+        unit = _unit()
         if table in _KEYED:
             rows = batch.inserts.setdefault(table, {})
-            rows[_key(table, row)] = row  # type: ignore[index]
+            key = _key(table, row)
+            rows[key] = row  # type: ignore[index]
+            batch.own(table, key, unit)
         else:
             batch.inserts.setdefault(table, []).append(row)  # type: ignore[union-attr]
+            batch.insert_units.setdefault(table, []).append(unit)
 
     def update(self, table: sa.Table, key: Any, values: dict[str, Any]) -> None:
         """Queue ``values`` for the row with primary key ``key``."""
         batch = self._current()
+        batch.own(table, key, _unit())
         pending = batch.inserts.get(table)
         if pending is not None and key in pending:
             pending[key].update(values)  # type: ignore[call-overload]
@@ -238,8 +318,9 @@ class Store:
             cb()
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
-        """Run ``callback`` on the event loop once everything queued so far is committed."""
-        self._current().callbacks.append(callback)
+        """Run ``callback`` on the event loop once everything queued so far is committed; it is
+        dropped (and logged) if the database refused the rows its caller queued."""
+        self._current().callbacks.append((_unit(), callback))
 
     async def commit(self) -> None:
         """Wait until everything queued so far is durable.
@@ -247,13 +328,20 @@ class Store:
         That includes a batch already taken for writing: a caller's rows may be in it (commit()
         can start a loop iteration after they were queued, e.g. under asyncio.wait_for), and
         returning early would let an API answer "stored" before they are.
+
+        Raises Refused when the database refused rows this task queued (its neighbours in the
+        batch are stored all the same).
         """
         self._run_before_flush()
         batch = self._current()
         target = batch if batch else self._inflight
-        if target is None:
-            return
-        await asyncio.shield(target.future)
+        if target is not None:
+            await asyncio.shield(target.future)
+        task = asyncio.current_task()
+        if task is not None:
+            exc = self._refused.pop(task, None)
+            if exc is not None:
+                raise Refused(f"the database refused this change: {_reason(exc)}") from exc
 
     def touch(self) -> None:
         """Make sure a flush will run soon (for rows a before_flush callback will add)."""
@@ -285,11 +373,18 @@ class Store:
                 while True:
                     try:
                         await loop.run_in_executor(self._writer, self._write, batch)
+                        if self.outage_since is not None:
+                            log.warning("database answers again (unreachable since %s)",
+                                        self.outage_since.isoformat(timespec="seconds"))
+                            self.outage_since = None
                         break
                     except sa.exc.OperationalError as exc:
                         # The database is unreachable: keep the batch and try again; losing an
                         # alarm is worse than holding callers for a while.
                         log.error("database write failed, retrying in %.1fs: %s", delay, exc.orig)
+                        if self.outage_since is None:
+                            self.outage_since = datetime.now(UTC)
+                        self.outage_error = str(exc.orig).strip().splitlines()[0][:300] if str(exc.orig) else ""
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 10.0)
                     except Exception as exc:
@@ -299,8 +394,11 @@ class Store:
                         break
                 self._inflight = None
                 if not batch.future.done():
+                    refused = self._report_refused(batch)
                     batch.future.set_result(None)
-                    for cb in batch.callbacks:
+                    for unit, cb in batch.callbacks:
+                        if refused and batch.root(unit) in batch.failed:
+                            continue  # its rows are not stored: nothing may act as if they were
                         try:
                             cb()
                         except Exception:
@@ -309,6 +407,16 @@ class Store:
         finally:
             self._flushing = False
 
+    def _report_refused(self, batch: _Batch) -> bool:
+        """Hand each refused unit its error (commit() raises it) and say which rows were lost."""
+        if not batch.failed:
+            return False
+        for unit in list(batch.parent) + [u for _, u in batch.callbacks] + list(batch.owners.values()) + [
+                u for units in batch.insert_units.values() for u in units]:
+            if isinstance(unit, asyncio.Task) and batch.root(unit) in batch.failed:
+                self._refused[unit] = batch.failed[batch.root(unit)]
+        return True
+
     def _write(self, batch: _Batch) -> None:
         # The writer thread keeps one connection: a pool checkout per batch cost as much as the
         # batch itself at one alarm per request.
@@ -316,7 +424,22 @@ class Store:
         if conn is None or conn.invalidated or conn.closed:
             conn = self._writer_conn = self.engine.connect()
         try:
-            self._write_rows(conn, batch)
+            if batch.groups is None:
+                try:
+                    self._write_rows(conn, batch)
+                    return
+                except sa.exc.OperationalError:
+                    raise
+                except Exception as exc:
+                    # A row the database refuses (a constraint, a value too long): write the
+                    # batch again group by group, so only the group holding that row fails.
+                    if conn.in_transaction():
+                        conn.rollback()
+                    assert self._loop is not None
+                    batch.groups = batch.split(self._loop)
+                    log.warning("database refused a batch of %d group(s) (%s); writing them one by one",
+                                len(batch.groups), _reason(exc))
+            self._write_groups(conn, batch)
         except BaseException:
             if conn.in_transaction():
                 conn.rollback()
@@ -324,6 +447,35 @@ class Store:
                 conn.close()
                 self._writer_conn = None
             raise
+
+    def _write_groups(self, conn: Connection, batch: _Batch) -> None:
+        """Each group in its own transaction; a group that fails is tried again after the others
+        (it may need their rows), until a pass stores nothing more. A lost connection stops the
+        pass; the groups already stored are not written twice when the batch is retried."""
+        assert batch.groups is not None
+        progress = True
+        while batch.groups and progress:
+            progress = False
+            for group in list(batch.groups):
+                try:
+                    self._write_rows(conn, group)
+                except sa.exc.OperationalError:
+                    raise
+                except Exception as exc:
+                    if conn.in_transaction():
+                        conn.rollback()
+                    batch.failed[group.root_unit] = exc
+                    continue
+                batch.groups.remove(group)
+                batch.failed.pop(group.root_unit, None)
+                progress = True
+        for group in batch.groups:
+            rows = sum(len(v) for v in group.inserts.values()) + sum(len(v) for v in group.updates.values())
+            self.rows_refused += rows
+            tables = sorted({t.name for t in group.inserts} | {t.name for t in group.updates})
+            log.error("database refused %d row(s) (%s): %s; the rows beside them in the batch are stored",
+                      rows, ", ".join(tables), _reason(batch.failed[group.root_unit]))
+        batch.groups = []
 
     def _write_rows(self, conn: Connection, batch: _Batch) -> None:
         rows = 0
@@ -352,24 +504,52 @@ class Store:
             compiled = table.insert().compile(dialect=dialect, column_keys=list(cols))
             order = list(compiled.positiontup) if compiled.positional else list(cols)
             procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in order]
-            plan = self._plans[(table, cols)] = (compiled.string, order, procs, compiled.positional)
-        sql, order, procs, positional = plan
+            limits = _limits(table, order)
+            plan = self._plans[(table, cols)] = (compiled.string, order, procs, compiled.positional, limits)
+        sql, order, procs, positional, limits = plan
         params: list[Any] = []
         for row in rows:
-            values = [row[c] if proc is None or row[c] is None else proc(row[c])
+            for c, n in limits:
+                _fits(table, c, row[c], n)
+            values = [_text(row[c]) if proc is None or row[c] is None else proc(_text(row[c]))
                       for c, proc in zip(order, procs, strict=True)]
             params.append(tuple(values) if positional else dict(zip(order, values, strict=True)))
         conn.exec_driver_sql(sql, params)
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def read(self, fn: Callable[[Connection], T], *, fresh: bool = True) -> T:
+    async def read(self, fn: Callable[[Connection], T], *, fresh: bool = True,
+                   timeout: float | None = None) -> T:
         """Run ``fn(connection)`` on a reader thread; pending writes are committed first, unless
-        ``fresh`` is False (the caller wants only what was stored long ago, without the wait)."""
-        if fresh:
-            await self.commit()
+        ``fresh`` is False (the caller wants only what was stored long ago, without the wait).
+
+        Raises Unavailable when the database does not answer within ``timeout`` (default
+        ``read_timeout``) or the connection fails: a reader must never hang for a whole outage.
+        """
         loop = self._loop or asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+        async def run() -> T:
+            if fresh:
+                await self.commit()
+            return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+        try:
+            return await asyncio.wait_for(run(), self.read_timeout if timeout is None else timeout)
+        except TimeoutError:
+            raise Unavailable("the database is not answering; try again shortly") from None
+        except sa.exc.OperationalError as exc:
+            raise Unavailable(f"the database is not answering: {str(exc.orig).strip()[:200]}") from None
+
+    async def ping(self, timeout: float = 2.0) -> str | None:
+        """None when the database answers a trivial query within ``timeout``, else why not."""
+        if self.outage_since is not None:
+            return (f"unreachable since {self.outage_since.isoformat(timespec='seconds')}"
+                    + (f": {self.outage_error}" if self.outage_error else ""))
+        try:
+            await self.read(lambda c: c.exec_driver_sql("select 1").scalar(), fresh=False, timeout=timeout)
+        except Unavailable as exc:
+            return str(exc)
+        return None
 
     def _run_read(self, fn: Callable[[Connection], T]) -> T:
         with self.engine.connect() as conn:
@@ -378,6 +558,40 @@ class Store:
     def read_sync(self, fn: Callable[[Connection], T]) -> T:
         """For start-up and the CLI, before the loop runs."""
         return self._run_read(fn)
+
+
+def _unit() -> Any:
+    """Who is queueing a row: the current task, or None for a plain loop callback."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop (start-up code on another thread)
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _text(value: Any) -> Any:
+    # PostgreSQL refuses NUL in text, SQLite keeps it: store the same string on both
+    return sanitize.clean_text(value) if type(value) is str else value
+
+
+def _limits(table: sa.Table, cols: Iterable[str]) -> list[tuple[str, int]]:
+    return [(c, t.length) for c in cols if isinstance(t := table.c[c].type, sa.String) and t.length]
+
+
+def _fits(table: sa.Table, column: str, value: Any, limit: int) -> None:
+    # PostgreSQL refuses a string longer than its column, SQLite stores it: refuse it on both, so
+    # a value is stored or refused the same way whatever the database
+    if type(value) is str and len(value) > limit:
+        raise ValueTooLong(f"{table.name}.{column}: {len(value)} characters, at most {limit} fit")
+
+
+class ValueTooLong(ValueError):
+    """A string longer than its column."""
 
 
 def _key(table: sa.Table, row: dict[str, Any]) -> Any:
@@ -398,8 +612,11 @@ def _write_updates(conn: Connection, table: sa.Table, updates: dict[Any, dict[st
     for key, values in updates.items():
         # bind names must differ from column names in an UPDATE's SET clause
         groups.setdefault(frozenset(values), []).append(
-            {"_pk": key, **{"v_" + k: v for k, v in values.items()}})
+            {"_pk": key, **{"v_" + k: _text(v) for k, v in values.items()}})
     for cols, rows in groups.items():
+        for c, n in _limits(table, cols):
+            for row in rows:
+                _fits(table, c, row["v_" + c], n)
         stmt = table.update().where(pk == sa.bindparam("_pk")).values(
             {c: sa.bindparam("v_" + c) for c in cols})
         conn.execute(stmt, rows)
