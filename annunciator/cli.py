@@ -347,7 +347,8 @@ def audit(api: Api, user: str | None, code: str | None, event_id: str | None, si
 @main.command()
 @_api_options
 def status(api: Api) -> None:
-    """Running pipeline instances and notifications held back (consolidating or throttled)."""
+    """Running pipeline instances, notifications held back (consolidating or throttled), and what
+    waits for a failing provider: each waiting notification, each profile's health, pages given up."""
     live = api.call("GET", "/api/instances")["instances"]
     held = api.call("GET", "/api/held")["held"]
     click.echo(f"running pipeline instances: {len(live)}")
@@ -360,6 +361,21 @@ def status(api: Api) -> None:
     for h in held:
         click.echo(f"  {h['pipeline']}/{h['block']}  {h['user']}: {h['alarms']} alarm(s), until {h['until']}"
                    f"  {h['why']}")
+    waiting = api.call("GET", "/api/waiting")
+    for p in waiting["profiles"]:
+        state = f"failing since {p['failingSince']}" if p["failingSince"] else "sending"
+        alarm = f", alarm {p['alarmEventId']}" if p["alarmEventId"] else ""
+        click.echo(f"profile {p['profile']}: {state}, {p['waiting']} waiting, {p['givenUp']} given up{alarm}"
+                   + (f"; last error: {p['lastError']}" if p["lastError"] else ""))
+    click.echo(f"notifications waiting for a retry: {len(waiting['waiting'])}")
+    for w in waiting["waiting"]:
+        then = f"; then {', '.join(w['fallback'])}" if w["fallback"] else ""
+        click.echo(f"  {w['user']} via {w['profile']}  {', '.join(w['sources'])}: attempt {w['attempts']} failed "
+                   f"({w['lastError']}), next {w['nextAttemptAt']}, given up {w['expiresAt']}{then}")
+    if waiting["givenUp"]:
+        click.echo(f"notifications given up lately: {len(waiting['givenUp'])}")
+        for g in waiting["givenUp"]:
+            click.echo(f"  {g['at']}  {g['user']} via {g['profile']}: {g['error']}")
 
 
 @main.command()

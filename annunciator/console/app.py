@@ -211,7 +211,8 @@ class Console:
     async def commit(self) -> None:
         """Answer only once the change is durable, like the JSON API (503 if the database stalls)."""
         try:
-            await asyncio.wait_for(self.gw.store.commit(), self.gw.config.gateway.commit_timeout)
+            async with asyncio.timeout(self.gw.config.gateway.commit_timeout):  # in this request's task
+                await self.gw.store.commit()
         except TimeoutError:
             raise Refused(503, "the database is not answering; the change is queued and will be stored "
                                "when it returns")
@@ -395,7 +396,7 @@ class Console:
                              "in_block": (now - b.entered).total_seconds() if b else 0.0,
                              "wake": b.wake_at if b else None, "why": b.why if b else ""})
         return ctx.render("pipelines.html", rows=rows, total=len(live), page=page, pages=pages,
-                          held=self.gw.held(), shelved=self.gw.shelved_sources(),
+                          held=self.gw.held(), shelved=self.gw.shelved_sources(), waiting=self.gw.waiting(),
                           pipelines=list(self.gw.pipelines.values()),
                           counts=_count_by(live, lambda i: i.pipeline.name))
 

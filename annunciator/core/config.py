@@ -102,11 +102,41 @@ class HttpSettings(StrictModel):
 
 
 class RetrySettings(StrictModel):
-    """How a failed provider call is retried before the notification is marked failed."""
+    """How a failed provider call is retried.
+
+    A channel gets ``attempts`` tries before the person's next channel (channel policy) is tried;
+    the last channel keeps trying, with backoff up to ``max_backoff``, while its alarm still needs
+    someone, until the notification is ``max_age`` old. Each wait is stored, so a restart goes on.
+    """
 
     attempts: int = Field(4, ge=1, le=100)
     backoff: Duration = 1.0
-    max_backoff: Duration = 300.0
+    # a waiting page is tried at least this often, so it goes out soon after its provider recovers
+    max_backoff: Duration = 60.0
+    max_age: Duration = 3600.0
+
+
+class ProfileAlarmSettings(StrictModel):
+    """The gateway's own alarm when a profile keeps failing (source ``annunciator/profiles/NAME``).
+
+    Raised once the profile has failed for ``after`` with no success in between while
+    notifications wait for it (or were given up); cleared when it sends again. It enters
+    ``pipeline`` (say, one that emails the admins), else the pipelines of the ``alarms:``
+    definition matching its source; with neither it is still listed, logged and counted.
+    """
+
+    enabled: bool = True
+    after: Duration = 60.0
+    priority: str = "High"
+    pipeline: str | None = None
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, v: str) -> str:
+        from .alarms import Priority
+
+        Priority.parse(v)
+        return v
 
 
 class GatewaySettings(StrictModel):
@@ -118,6 +148,7 @@ class GatewaySettings(StrictModel):
     scripts_dir: str = "scripts"
     external_url: str | None = None
     retry: RetrySettings = RetrySettings()
+    profile_alarms: ProfileAlarmSettings = ProfileAlarmSettings()
     max_concurrent_sends: int = Field(256, ge=1)
     # how long an API call waits for its change to be stored before answering 503
     commit_timeout: Duration = 10.0
@@ -673,6 +704,10 @@ def _check_profiles(config: Config, profile_types: Mapping[str, Any]) -> list[tu
 def _check_references(config: Config) -> list[tuple[str, str]]:
     s = config.settings
     problems: list[tuple[str, str]] = []
+    pa = s.gateway.profile_alarms.pipeline
+    if pa is not None and pa not in s.pipelines:
+        problems.append(("gateway.profile_alarms.pipeline",
+                         f"unknown pipeline {pa!r}; defined: {installed(s.pipelines)}"))
     for roster in s.rosters:
         for i, user in enumerate(config.roster_users(roster)):
             if user not in s.users:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -134,6 +135,8 @@ class Delivery:
         return len(p.chains)
 
     def _queue(self, n: Notification) -> None:
+        if n.expires_at is None:  # a fallback keeps the deadline of the chain it continues
+            n.expires_at = n.created + timedelta(seconds=self.gateway.config.gateway.retry.max_age)
         self.gateway.store.insert(schema.notifications, n.row())
         self.gateway.dispatcher.submit(n)
 
@@ -183,7 +186,7 @@ class Delivery:
         new = Notification(profile=nxt.profile, user=n.user, message=n.message, events=n.events,
                            contact_type=nxt.contact_type, contact=nxt.contact, instance_id=n.instance_id,
                            pipeline=n.pipeline, block=n.block, chain=rest, chain_id=n.chain_id,
-                           batch_key=n.batch_key)
+                           batch_key=n.batch_key, expires_at=n.expires_at)
         self._queue(new)
         origin.trace("fallback", f"{n.user.username} via {n.link} failed ({why}); trying {nxt} "
                                  f"[notification {new.id}]")

@@ -330,6 +330,17 @@ class Engine:
                     self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
                     await self._wake(inst.id, br.id, why)
 
+    def discard(self, event: AlarmEvent) -> None:
+        """Forget an event's instances whose rows the database refused: no timer, no trace, no
+        row; nothing may go on as if they had been stored."""
+        for inst in list(self.by_event.pop(event.id, {}).values()):
+            for br in inst.branches:
+                self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
+            inst.status, inst.branches = CANCELLED, []
+            self.live.pop(inst.id, None)
+            self._trace_buffer.pop(inst.id, None)
+            self.gateway.dispatcher.discard_instance(inst.id)
+
     def cancel(self, instance_id: str, why: str) -> Instance | None:
         inst = self.live.get(instance_id)
         if inst is not None:

@@ -24,7 +24,7 @@ from .channels import Link
 from .config import ChannelSettings, Config, check_pipeline_keys
 from .delivery import Delivery
 from .engine import Engine, Instance
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, Refused
 from .notifications import HELD, PENDING, Dispatcher, Notification
 from .oncall import OnCall, Resolution
 from .pipeline import Pipeline
@@ -77,6 +77,7 @@ class Gateway:
         self.hook = plugins.hook
         self.pipelines: dict[str, Pipeline] = config.pipelines
         self.store = Store(config.database_url)
+        self.store.read_timeout = config.gateway.commit_timeout
         self.oncall = OnCall(config, self.store)
         self.audit = AuditLog(self.store)
         self.timers = Timers()
@@ -99,6 +100,7 @@ class Gateway:
         self.extensions: dict[str, Any] = {}
         self.started = False
         self._tags_pending = False
+        self._watcher: asyncio.Task[None] | None = None
         types = plugins.profile_types()
         for name, settings in config.profiles.items():
             kind = config.settings.profiles[name]["type"]
@@ -118,6 +120,7 @@ class Gateway:
         self.hook.annunciator_register_tags(gateway=self, tags=self.tags)
         await self._recover()
         self.timers.start()
+        self._watcher = asyncio.ensure_future(self._watch_profiles())
         for result in self.hook.annunciator_startup(gateway=self):
             if inspect.isawaitable(result):
                 await result
@@ -138,6 +141,8 @@ class Gateway:
             if inspect.isawaitable(result):
                 await result
         self.timers.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.dispatcher.drain()
         for profile in self.profiles.values():
             await profile.stop()
@@ -266,10 +271,69 @@ class Gateway:
                 continue
             log.info("resending notification %s to %s (pending at shutdown)", n.id, user.username)
             self.dispatcher.submit_committed(n)
+        self._resume_profile_alarms()
         # events loaded only for the notifications above are finished: the notifications hold them
         for event in [e for e in self.events.values() if e.done]:
             self.forget_if_done(event)
         self.refresh_tags_soon()
+
+    # --- the gateway watching its profiles --------------------------------------------------
+
+    async def _watch_profiles(self, every: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.check_profiles()
+            except Exception:  # the watcher must outlive any one bad check
+                log.exception("checking the notification profiles failed")
+
+    async def check_profiles(self) -> None:
+        """Raise the gateway's own alarm for a profile failing longer than
+        ``gateway.profile_alarms.after`` while pages wait for it (or were given up); clear it once
+        the profile sends again."""
+        settings = self.config.gateway.profile_alarms
+        if not settings.enabled:
+            return
+        now = utcnow()
+        waiting = self.dispatcher.waiting_counts()
+        for name, state in list(self.dispatcher.health.states.items()):
+            if state.failing_since is None:
+                if state.alarm_event is not None:
+                    event = self.events.get(state.alarm_event)
+                    state.alarm_event = None
+                    if event is not None and event.active:
+                        await self.clear([event.id], SYSTEM_USER, f"profile {name} sends again")
+                        log.warning("profile %s sends again: its alarm is cleared", name)
+                continue
+            since = state.failing_since.strftime("%H:%M:%S UTC")
+            text = (f"failing since {since}: {waiting.get(name, 0)} notification(s) waiting"
+                    + (f", {state.given_up} given up" if state.given_up else "")
+                    + (f"; last error: {state.last_error[:200]}" if state.last_error else ""))
+            if state.alarm_event is not None:
+                event = self.events.get(state.alarm_event)
+                if event is not None and event.active and event.event_value != text:
+                    event.event_value = text  # the value follows what waits, as a tag alarm's does
+                    self._save_event(event)
+                continue
+            if (now - state.failing_since).total_seconds() < settings.after:
+                continue
+            if not waiting.get(name) and not state.given_up:
+                continue
+            spec = AlarmSpec(source=f"annunciator/profiles/{name}", name=f"Profile {name} failing",
+                             display_path=f"Gateway/Profiles/{name}", priority=settings.priority,
+                             event_value=text,
+                             pipelines={"active": settings.pipeline} if settings.pipeline else {})
+            [(event, _)] = await self.raise_alarms([spec])
+            state.alarm_event = event.id
+            log.error("profile %s %s (alarm %s)", name, text, event.id)
+
+    def _resume_profile_alarms(self) -> None:
+        """After a restart a raised profile alarm stays until its profile sends again."""
+        for source, event in self.current.items():
+            if source.startswith("annunciator/profiles/"):
+                state = self.dispatcher.health.state(source.removeprefix("annunciator/profiles/"))
+                state.failing_since = state.failing_since or event.active_time
+                state.alarm_event = event.id
 
     # --- tags -----------------------------------------------------------------------------
 
@@ -286,6 +350,8 @@ class Gateway:
         self.tags.define("System/Gateway/Alarming/PipelinesRunning", "Int4", 0)
         self.tags.define("System/Gateway/Alarming/NotificationsPending", "Int4", 0,
                          doc="notifications stored and not yet sent, failed or cancelled")
+        self.tags.define("System/Gateway/Alarming/NotificationsWaiting", "Int4", 0,
+                         doc="notifications waiting for a retry after a failed attempt")
         self.tags.define("System/Gateway/Alarming/NotificationsFailed", "Int8", 0,
                          doc="notifications failed since the gateway started")
 
@@ -324,6 +390,7 @@ class Gateway:
             self.tags.write(f"System/Gateway/Alarming/ActiveUnacked/{p.name.title()}", value)
         self.tags.write("System/Gateway/Alarming/PipelinesRunning", len(self.engine.live))
         self.tags.write("System/Gateway/Alarming/NotificationsPending", self.dispatcher.pending())
+        self.tags.write("System/Gateway/Alarming/NotificationsWaiting", len(self.dispatcher.waiting()))
         self.tags.write("System/Gateway/Alarming/NotificationsFailed", self.dispatcher.failed)
         self.tags.write("System/Gateway/Pipelines/Running", len(self.engine.live))
         self.tags.write("System/Gateway/Notifications/Sent", self.dispatcher.sent)
@@ -373,6 +440,33 @@ class Gateway:
             await self.engine.enter(event, pipeline, "event active")
         self.refresh_tags_soon()
         return out
+
+    async def raise_alarms_stored(self, specs: Iterable[AlarmSpec], timeout: float | None = None
+                                  ) -> list[tuple[AlarmEvent, bool]]:
+        """Raise and wait until the events are durable. An event whose rows the database refused
+        is forgotten again (never "active" unless stored), so repeating the request raises it
+        anew; Refused is raised then. TimeoutError (the database does not answer) keeps
+        everything queued: it is stored when the database returns."""
+        results = await self.raise_alarms(specs)
+        try:
+            async with asyncio.timeout(self.config.gateway.commit_timeout if timeout is None else timeout):
+                await self.store.commit()
+        except Refused:
+            self.forget_unstored([e for e, created in results if created])
+            raise
+        return results
+
+    def forget_unstored(self, events: Iterable[AlarmEvent]) -> None:
+        """Undo raising events whose rows were refused: memory never gets ahead of the store."""
+        for event in events:
+            self.engine.discard(event)
+            self.events.pop(event.id, None)
+            if self.current.get(event.source) is event:
+                del self.current[event.source]
+            if event.ack_code is not None and self.by_code.get(event.ack_code) is event:
+                del self.by_code[event.ack_code]
+            log.error("alarm %s (%s) was not stored: the database refused it", event.id, event.source)
+        self.refresh_tags_soon()
 
     def _new_event(self, spec: AlarmSpec) -> AlarmEvent:
         d = self.definition_for(spec.source)
@@ -606,6 +700,22 @@ class Gateway:
         """Notifications held for consolidation or throttled: who, how many alarms, until when, why."""
         return self.delivery.batches.held()
 
+    def waiting(self) -> dict[str, Any]:
+        """What waits for a failing provider: each notification (who, which channel, how many
+        attempts, the next one, the last error, when it is given up), each profile's health, and
+        the notifications given up lately (all of them are in the audit log as NotificationFailed)."""
+        def item(n: Notification) -> dict[str, Any]:
+            return {"id": n.id, "user": n.user.username, "profile": n.profile, "contact": n.contact,
+                    "eventIds": n.event_ids, "sources": [e.source for e in n.events],
+                    "attempts": n.attempts, "lastError": n.last_error, "created": n.created.isoformat(),
+                    "nextAttemptAt": n.next_attempt_at.isoformat() if n.next_attempt_at else None,
+                    "expiresAt": n.expires_at.isoformat() if n.expires_at else None,
+                    "fallback": [str(link) for link in n.chain]}
+
+        return {"waiting": [item(n) for n in self.dispatcher.waiting()],
+                "profiles": self.dispatcher.health.to_dict(self.dispatcher.waiting_counts()),
+                "givenUp": list(self.dispatcher.given_up)}
+
     def notification_from_row(self, row: dict[str, Any], user: User) -> Notification:
         return Notification(
             profile=row["profile"], user=user, message=row["message"],
@@ -616,7 +726,8 @@ class Gateway:
             provider_id=row["provider_id"], created=row["created"], sent_at=row["sent_at"],
             chain=[Link.from_json(x) for x in row["chain"] or []], chain_id=row["chain_id"],
             batch_key=row["batch_key"], due_at=row["due_at"], attempt_log=list(row["attempt_log"] or []),
-            delivery_status=row["delivery_status"])
+            delivery_status=row["delivery_status"], next_attempt_at=row.get("next_attempt_at"),
+            expires_at=row.get("expires_at"))
 
     # --- queries --------------------------------------------------------------------------
 

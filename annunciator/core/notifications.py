@@ -9,16 +9,18 @@ start with the same idempotency key, so a receiver that honours the key sees the
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .alarms import AlarmEvent, new_id, utcnow
 from .audit import Code
 from .channels import Link
+from .profile_health import ProfileHealth
 from .profiles import DeliveryResult, NotificationProfile
 from .users import User
 
@@ -62,6 +64,8 @@ class Notification:
     due_at: datetime | None = None  # consolidation: when a held batch is sent
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
     delivery_status: str | None = None  # what the provider reported after accepting it
+    next_attempt_at: datetime | None = None  # a retry waits until then (stored: re-armed at start)
+    expires_at: datetime | None = None  # given up then if its channel has not recovered
 
     def __post_init__(self) -> None:
         if not self.idempotency_key:
@@ -88,7 +92,8 @@ class Notification:
             "created": self.created, "updated": self.created, "sent_at": self.sent_at,
             "batch_key": self.batch_key, "due_at": self.due_at, "chain_id": self.chain_id,
             "chain": [link.to_json() for link in self.chain], "attempt_log": self.attempt_log,
-            "delivery_status": self.delivery_status,
+            "delivery_status": self.delivery_status, "next_attempt_at": self.next_attempt_at,
+            "expires_at": self.expires_at,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +103,11 @@ class Notification:
             "message": self.message, "events": [e.to_dict() for e in self.events],
             "pipeline": self.pipeline, "block": self.block, "attempt": self.attempts,
         }
+
+
+def _ago(since: datetime, now: datetime) -> str:
+    seconds = int((now - since).total_seconds())
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -115,12 +125,28 @@ class Dispatcher:
         self._live: dict[str, Notification] = {}
         self._by_instance: dict[str, set[str]] = {}  # so a dropout need not scan every notification
         self._tasks: set[asyncio.Task[None]] = set()
+        self.health = ProfileHealth()
+        # the latest notifications given up for good, for status and the console
+        self.given_up: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self.sent = 0
         self.failed = 0
 
     def pending(self) -> int:
         """Notifications stored and not finished (sending, retrying or waiting to be sent)."""
         return sum(1 for n in self._live.values() if n.status == PENDING)
+
+    def waiting(self) -> list[Notification]:
+        """Notifications waiting for a retry after a failed attempt, the longest-waiting first."""
+        return sorted((n for n in self._live.values()
+                       if n.status == PENDING and n.next_attempt_at is not None and not n.in_flight),
+                      key=lambda n: n.created)
+
+    def waiting_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self._live.values():
+            if n.status == PENDING and n.attempts and n.sent_at is None:
+                counts[n.profile] = counts.get(n.profile, 0) + 1
+        return counts
 
     def submit(self, notification: Notification) -> None:
         """Send once the current store batch (which holds its row) commits."""
@@ -157,9 +183,24 @@ class Dispatcher:
                 count += 1
         return count
 
+    def discard_instance(self, instance_id: str) -> None:
+        """Forget notifications of an instance whose rows the database refused (never sent: their
+        after-commit send was dropped with the rows)."""
+        for nid in self._by_instance.pop(instance_id, set()):
+            n = self._live.pop(nid, None)
+            if n is not None:
+                n.status = CANCELLED
+
     async def _deliver(self, n: Notification) -> None:
         profile = self.gateway.profiles.get(n.profile)
         while n.status == PENDING:
+            if n.next_attempt_at is not None:
+                # a stored retry time: after a restart the wait goes on where it was
+                delay = (n.next_attempt_at - utcnow()).total_seconds()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    if n.status != PENDING:
+                        return
             # a retry for an alarm someone has dealt with since (its pipeline may have ended long ago)
             done = self.gateway.delivery.unwanted_because(n) if n.attempts else None
             if done is not None:
@@ -172,37 +213,63 @@ class Dispatcher:
                 result = await self._attempt(profile, n)
             if n.status != PENDING:  # cancelled while in flight
                 return
-            attempt: dict[str, Any] = {"at": utcnow().isoformat(), "ok": result.ok, "error": result.error,
+            now = utcnow()
+            attempt: dict[str, Any] = {"at": now.isoformat(), "ok": result.ok, "error": result.error,
                                        "providerId": result.provider_id}
             n.attempt_log.append(attempt)
             if result.ok:
                 n.provider_id = result.provider_id
-                n.sent_at = utcnow()
+                n.sent_at = now
+                n.next_attempt_at = None
+                self.health.success(n.profile)
                 self.gateway.delivery.sent(n)
                 self._finish(n, SENT)
                 return
             n.last_error = result.error
+            self.health.failure(n.profile, result.error)
             if n.withdrawn:
                 self._finish(n, CANCELLED, error=f"{result.error}; not retried: {n.withdrawn}")
                 return
-            if not result.retryable or n.attempts >= self.retry.attempts:
-                log.warning("notification %s to %s via %s failed after %d attempt(s): %s",
-                            n.id, n.user.username, n.profile, n.attempts, result.error)
-                self._finish(n, FAILED, error=result.error)
+            give_up = self._give_up(n, result, now)
+            if give_up is not None:
+                log.warning("notification %s to %s via %s failed after %d attempt(s): %s (%s)",
+                            n.id, n.user.username, n.profile, n.attempts, result.error, give_up)
+                n.next_attempt_at = None
+                self._finish(n, FAILED, error=f"{result.error} ({give_up})")
                 return
             wait = result.retry_after if result.retry_after is not None else backoff(
                 n.attempts, self.retry.backoff, self.retry.max_backoff)
+            if n.expires_at is not None:
+                wait = max(0.0, min(wait, (n.expires_at - now).total_seconds()))
+            n.next_attempt_at = now + timedelta(seconds=wait)
             attempt["retryIn"] = round(wait, 3)
             log.info("notification %s attempt %d failed (%s); retrying in %.1fs",
                      n.id, n.attempts, result.error, wait)
+            # stored before waiting: a restart re-arms the retry at this time instead of losing it
             self.gateway.store.update(schema.notifications, n.id, {
                 "attempts": n.attempts, "last_error": n.last_error, "attempt_log": list(n.attempt_log),
-                "updated": utcnow()})
+                "next_attempt_at": n.next_attempt_at, "updated": now})
             self._audit(n, Code.NOTIFICATION_RETRY, f"attempt {n.attempts} failed: {result.error}; "
                                                     f"retrying in {wait:.1f}s")
             self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n,
                                                             status="retrying")
-            await asyncio.sleep(wait)
+            self.gateway.refresh_tags_soon()
+
+    def _give_up(self, n: Notification, result: DeliveryResult, now: datetime) -> str | None:
+        """Why this channel is given up after a failed attempt, or None to try it again.
+
+        A refusal (a bad number, an opt-out) is final at once. Otherwise the channel gets
+        ``retry.attempts`` tries while the person has another channel to fall back to; the last
+        channel of the chain keeps trying, for as long as its alarm needs someone, until the
+        notification is ``retry.max_age`` old: a provider outage of an hour must not lose a page.
+        """
+        if not result.retryable:
+            return "not retryable"
+        if n.chain and n.attempts >= self.retry.attempts:
+            return f"{n.attempts} attempts; falling back to {n.chain[0]}"
+        if n.expires_at is not None and now >= n.expires_at:
+            return f"given up after {n.attempts} attempts over {_ago(n.created, now)}"
+        return None
 
     async def _attempt(self, profile: NotificationProfile, n: Notification) -> DeliveryResult:
         async with self._limit:
@@ -232,13 +299,19 @@ class Dispatcher:
             self._audit(n, Code.NOTIFICATION_SENT, n.message)
         elif status == FAILED:
             self.failed += 1
+            if not n.chain:  # no channel left to fall back to: the page is given up
+                self.health.gave_up(n.profile)
+                self.given_up.append({
+                    "id": n.id, "user": n.user.username, "profile": n.profile, "contact": n.contact,
+                    "eventIds": n.event_ids, "attempts": n.attempts, "error": n.last_error,
+                    "at": utcnow().isoformat()})
             self._audit(n, Code.NOTIFICATION_FAILED, n.last_error)
         elif status == CANCELLED:
             self._audit(n, Code.NOTIFICATION_CANCELLED, n.last_error)
         self.gateway.store.update(schema.notifications, n.id, {
             "status": status, "attempts": n.attempts, "last_error": n.last_error,
             "provider_id": n.provider_id, "sent_at": n.sent_at, "attempt_log": list(n.attempt_log),
-            "updated": utcnow()})
+            "next_attempt_at": None, "updated": utcnow()})
         self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n, status=status)
         if status == FAILED:
             self.gateway.delivery.failed(n, n.last_error or "failed")

@@ -158,6 +158,10 @@ notifications = sa.Table(
     # [{"at": iso, "ok": bool, "error": str|None, "providerId": str|None, "status": str}, ...]
     sa.Column("attempt_log", sa.JSON),
     sa.Column("delivery_status", sa.String(40)),
+    # durable retries: the next attempt of a waiting notification (re-armed at start), and when
+    # it is given up if its channel never recovers (inherited along its fallback chain)
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("expires_at", UTCDateTime),
 )
 
 # Temporary on-call overrides made at run time ("maria covers for li until Monday 08:00");

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..tags.types import TagError, TagNotFound, TagReadOnly
 from .alarms import utcnow
 from .config import join_path
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, Refused
 from .gateway import AlarmSpec, Gateway
 from .oncall import OverrideInvalid, parse_when
 from .schedules import zone
@@ -126,7 +126,10 @@ async def _stored(gw: Gateway) -> None:
     time. Nothing is dropped: the change stays queued and is written when the database returns,
     and repeating the request is safe (raising an active source again returns its event)."""
     try:
-        await asyncio.wait_for(gw.store.commit(), gw.config.gateway.commit_timeout)
+        # asyncio.timeout, not wait_for: commit() must run in this request's task, which is how
+        # the store tells it that the database refused its rows (Refused)
+        async with asyncio.timeout(gw.config.gateway.commit_timeout):
+            await gw.store.commit()
     except TimeoutError:
         raise ApiError(503, "the database is not answering; the change is queued and will be stored "
                             "when it returns (repeating this request is safe)")
@@ -157,6 +160,9 @@ def _api(fn: Callable[[Gateway, Request], Awaitable[Response]], gw: Gateway) -> 
             return _json({"error": str(exc)}, 409)
         except Invalid as exc:
             return _json({"error": str(exc)}, 422)
+        except Refused as exc:
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+            return _json({"error": str(exc)}, 500)
     return handler
 
 
@@ -168,8 +174,13 @@ async def health(gw: Gateway, request: Request) -> Response:
 
 async def raise_alarms(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, RaiseBody, wrap="alarms")
-    results = await gw.raise_alarms(body.alarms)
-    await _stored(gw)  # answer only once the events are durable
+    try:
+        # answer only once the events are durable; an event the database refused is forgotten
+        # again, so a retry of this request raises it anew
+        results = await gw.raise_alarms_stored(body.alarms)
+    except TimeoutError:
+        raise ApiError(503, "the database is not answering; the alarms are queued and will be stored "
+                            "when it returns (repeating this request is safe)")
     created = any(c for _, c in results)
     return _json({"events": [e.to_dict() for e, _ in results], "created": [c for _, c in results]},
                  201 if created else 200)
@@ -275,6 +286,10 @@ async def audit(gw: Gateway, request: Request) -> Response:
 
 async def held(gw: Gateway, request: Request) -> Response:
     return _json({"held": gw.held()})
+
+
+async def waiting(gw: Gateway, request: Request) -> Response:
+    return _json(gw.waiting())
 
 
 async def pipelines(gw: Gateway, request: Request) -> Response:
@@ -482,6 +497,7 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
         r("/api/journal", journal, ["GET"]),
         r("/api/audit", audit, ["GET"]),
         r("/api/held", held, ["GET"]),
+        r("/api/waiting", waiting, ["GET"]),
         r("/api/pipelines", pipelines, ["GET"]),
         r("/api/instances", instances, ["GET"]),
         r("/api/instances/{id}", instance, ["GET"]),

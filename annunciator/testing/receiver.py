@@ -69,6 +69,9 @@ class ReceivedRequest:
     json: Any | None
     method: str = "POST"
     query: dict[str, str] = field(default_factory=dict)
+    # the status this request is answered with (``status`` as it was when the request arrived),
+    # so a test can tell the deliveries that succeeded from the attempts that were refused
+    status: int = 200
     # answered in X-Request-Id, as relays and providers answer with an id of their own
     request_id: str = field(default_factory=lambda: f"rx-{uuid.uuid4().hex[:16]}")
 
@@ -89,6 +92,8 @@ class WebhookReceiver:
     def __init__(self, *, status: int = 200, delay: float = 0.0) -> None:
         self.status: int = status
         self.delay: float = delay
+        # extra response headers, e.g. {"Retry-After": "6"} beside a 503 (read per request)
+        self.headers: dict[str, str] = {}
         self.host: str = "127.0.0.1"
         self.port: int = 0
         # Appended only under self._cond; read freely (list append is atomic in CPython,
@@ -264,6 +269,7 @@ class WebhookReceiver:
             json=parsed,
             method=request.method,
             query=dict(request.query),
+            status=self.status,
         )
         with self._cond:
             self.requests.append(rec)
@@ -271,8 +277,8 @@ class WebhookReceiver:
         delay = self.delay
         if delay > 0:
             await asyncio.sleep(delay)
-        return web.Response(status=self.status, text="ok\n" if self.status < 400 else "error\n",
-                            headers={"X-Request-Id": rec.request_id})
+        return web.Response(status=rec.status, text="ok\n" if rec.status < 400 else "error\n",
+                            headers={**self.headers, "X-Request-Id": rec.request_id})
 
 
 def _bound_port(runner: web.AppRunner) -> int:
