@@ -38,6 +38,14 @@ def _load(config: str | None, pm: PluginManager | None = None) -> tuple[Config, 
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
+    except Exception as exc:
+        # load_config turns every problem it knows of into a ConfigError; anything else is a bug in
+        # a check, and still a message naming the file (exit 2, the config was not accepted), not a
+        # traceback in `check`, `run` or `demo`
+        what = f"{type(exc).__name__}: {exc}"
+        click.echo(f"{path}: internal error while loading the config: {what[:500]} "
+                   "(please report it, with the file if you can)", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 def _setup_logging(level: str) -> None:

@@ -8,6 +8,7 @@ line, and what was expected.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -503,14 +504,52 @@ class Config:
 
 # --- loading -------------------------------------------------------------------------------
 
+# Limits on a config file (issue 12): any file, however hostile, is refused with a message within
+# seconds and in bounded memory, never a traceback or a hang. Each is far above a real config (the
+# demo config is 3 KB and ~250 values); PyYAML's pure-Python parser reads about 1 MB, or 30,000 to
+# 50,000 values, a second, so a file at a limit is still read in a few seconds.
+MAX_CONFIG_BYTES = 2 * 1024 * 1024
+# Keys, values and list items, each alias counted as a full copy of what it names, as safe YAML
+# loaders elsewhere do: otherwise a 1 KB "billion laughs" file (9 aliases of 9 aliases of ..., 9
+# levels) is 387 million values to every walk over it: ${ENV} expansion, validation, the line map.
+# What aliases add is held to MAX_ALIAS_VALUES (no real config repeats 100,000 values through
+# aliases); written-out values only to MAX_CONFIG_NODES, which the 2 MiB bound mostly sets anyway:
+# a plant with 20,000 tags in its config must load.
+MAX_CONFIG_NODES = 1_000_000
+MAX_ALIAS_VALUES = 100_000
+# Lists and mappings inside each other. PyYAML composes recursively: ~330 levels is a RecursionError.
+MAX_CONFIG_DEPTH = 100
+# A key is a name. YAML ends an implicit key at 1024 characters; only an explicit `? key` (or an
+# alias used as a key) goes past, and every message repeats its key path: long keys times many
+# problems would be a huge message.
+MAX_KEY_CHARS = 1024
+# Problems listed at most; past it one line says how many more (a list of 100,000 wrong values
+# would otherwise be 100,000 lines).
+MAX_PROBLEMS = 1000
+# Characters of key paths kept for the line map: a path 100 levels deep, repeated for every value
+# under it, can be large even within the limits above. Past it a message names no line.
+MAX_LINE_PATH_CHARS = 10_000_000
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[tuple[str, str]]]:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; unset variables are problems."""
-    problems: list[tuple[str, str]] = []
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; unset variables are problems.
 
-    def walk(node: Any, where: str) -> Any:
+    A file's data is already bounded by the loader (aliases counted as copies, nesting depth); a
+    mapping passed in by a caller gets the same limits here: at most MAX_CONFIG_NODES values
+    visited (shared objects are visited once per place they appear, as copies), MAX_CONFIG_DEPTH
+    levels, and a list or dict that contains itself is a problem, not endless recursion."""
+    problems: list[tuple[str, str]] = []
+    budget = MAX_CONFIG_NODES
+    inside: set[int] = set()  # ids of the lists and dicts being walked, to find one inside itself
+
+    def walk(node: Any, where: str, depth: int) -> Any:
+        nonlocal budget
+        budget -= 1
+        if budget < 0:
+            raise ConfigError([("", f"more than {MAX_CONFIG_NODES:,} values: a config may hold at most "
+                                    f"{MAX_CONFIG_NODES:,}")])
         if isinstance(node, str):
             def sub(m: re.Match[str]) -> str:
                 name, default = m.group(1), m.group(2)
@@ -522,13 +561,23 @@ def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, 
                 return ""
 
             return _ENV.sub(sub, node)
-        if isinstance(node, dict):
-            return {k: walk(v, join_path(where, k)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
-        return node
+        if not isinstance(node, dict | list):
+            return node
+        if depth >= MAX_CONFIG_DEPTH:
+            problems.append((where, f"nested more than {MAX_CONFIG_DEPTH} levels deep"))
+            return None
+        if id(node) in inside:
+            problems.append((where, "contains itself"))
+            return None
+        inside.add(id(node))
+        try:
+            if isinstance(node, dict):
+                return {k: walk(v, join_path(where, k), depth + 1) for k, v in node.items()}
+            return [walk(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node)]
+        finally:
+            inside.discard(id(node))
 
-    return walk(data, path), problems
+    return walk(data, path, 0), problems
 
 
 def join_path(base: str, key: Any) -> str:
@@ -539,26 +588,46 @@ def join_path(base: str, key: Any) -> str:
 
 def yaml_lines(text: str) -> dict[str, int]:
     """Key path -> 1-based line, so an error can point at the line to fix."""
-    lines: dict[str, int] = {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
+        loader = _ConfigLoader(text)
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, RecursionError):
+        return {}
+    return _node_lines(root) if root is not None else {}
+
+
+def _node_lines(root: yaml.Node) -> dict[str, int]:
+    """yaml_lines of a composed document. An alias is walked again where it is used, so the values
+    under each use have the lines where they are written; the composer has refused a file whose
+    aliases expand past MAX_CONFIG_NODES, so this walk is bounded (and MAX_CONFIG_DEPTH deep)."""
+    lines: dict[str, int] = {}
+    budget = MAX_LINE_PATH_CHARS
 
     def walk(node: Any, where: str) -> None:
+        nonlocal budget
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue  # a list or mapping as a key: refused when the data is built
                 p = join_path(where, key.value)
+                budget -= len(p)
+                if budget < 0:
+                    return
                 lines[p] = key.start_mark.line + 1
                 walk(value, p)
         elif isinstance(node, yaml.SequenceNode):
             for i, value in enumerate(node.value):
                 p = f"{where}[{i}]"
+                budget -= len(p)
+                if budget < 0:
+                    return
                 lines[p] = value.start_mark.line + 1
                 walk(value, p)
 
-    if root is not None:
-        walk(root, "")
+    walk(root, "")
     return lines
 
 
@@ -578,7 +647,7 @@ def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str,
         elif kind == "value_error":
             msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
         else:
-            msg = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {err.get('input')!r}"
+            msg = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_brief(err.get('input'))}"
         out.append((path, msg))
     return out
 
@@ -590,14 +659,127 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ((part[:1].isupper() and "/" not in part) or "[" in part)
 
 
+def _brief(value: Any, limit: int = 300) -> str:
+    """repr(value), short: pydantic hands back the whole input, which may be a 2 MB text or a
+    list of thousands of values (and appear in many problems)."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} {'characters' if isinstance(value, str) else 'bytes'})"
+    if isinstance(value, dict | list | tuple | set | frozenset) and not _small(value, limit):
+        kind = {dict: "a mapping", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+        return f"{kind} of {len(value):,} {'keys' if isinstance(value, dict) else 'items'}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _small(value: Any, limit: int) -> bool:
+    """Whether repr(value) is about ``limit`` characters or fewer, found without building it: the
+    value may be huge or (from a caller's dict) contain itself."""
+    stack, size = [value], 0
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack += v.keys()
+            stack += v.values()
+            size += 2 + 4 * len(v)
+        elif isinstance(v, list | tuple | set | frozenset):
+            stack += v
+            size += 2 + 2 * len(v)
+        else:
+            size += len(v) + 2 if isinstance(v, str | bytes) else 8
+        if size > limit:
+            return False
+    return True
+
+
+class _Refused(yaml.YAMLError):
+    """YAML the loader will not build: past one of the limits above (an alias bomb, say)."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+_TAG_PREFIX = "tag:yaml.org,2002:"
+
+
 class _ConfigLoader(yaml.SafeLoader):
     """SafeLoader that keeps a plain mapping key as the text written: YAML 1.1 would read the
     expression block's ``true:``/``false:`` keys as booleans and a switch's ``1:`` case as an int,
-    and every key in the config is a name."""
+    and every key in the config is a name.
 
-    _TEXT_KEYS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "null"))
+    It also refuses, while composing, what would exhaust time or memory later (see the limits
+    above): values past MAX_CONFIG_NODES counting each alias as a copy of what it names, an alias
+    inside the value it names (PyYAML would build a list that contains itself), nesting past
+    MAX_CONFIG_DEPTH, and keys longer than MAX_KEY_CHARS."""
+
+    _TEXT_KEYS = frozenset(f"{_TAG_PREFIX}{t}" for t in ("bool", "int", "float", "null"))
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._values = 0  # values composed so far, each alias counted as a copy of what it names
+        self._aliased = 0  # of those, the values aliases added
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(anchored node) -> its values, aliases in it expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # (an undefined alias is PyYAML's own error)
+                size = self._sizes.get(id(target))
+                if size is None:  # anchored, not finished: the alias is inside what it names
+                    raise _Refused(f"alias *{event.anchor} is inside the value it names (&{event.anchor}), "
+                                   "which would contain itself without end", event.start_mark)
+                self._count(size, event.start_mark, f"alias *{event.anchor}")
+            node = super().compose_node(parent, index)
+        else:
+            if self._depth >= MAX_CONFIG_DEPTH and not isinstance(event, yaml.ScalarEvent):
+                raise _Refused(f"nested more than {MAX_CONFIG_DEPTH} levels deep: a config may nest lists "
+                               f"and mappings at most {MAX_CONFIG_DEPTH} levels", event.start_mark)
+            self._count(1, event.start_mark)
+            before = self._values - 1
+            self._depth += 1
+            node = super().compose_node(parent, index)
+            self._depth -= 1
+            if event.anchor is not None:
+                self._sizes[id(node)] = self._values - before
+        # compose_mapping_node composes a key with index None (a value's index is its key node)
+        if (index is None and isinstance(parent, yaml.MappingNode) and isinstance(node, yaml.ScalarNode)
+                and len(node.value) > MAX_KEY_CHARS):
+            raise _Refused(f"a key of {len(node.value):,} characters: a config key may be at most "
+                           f"{MAX_KEY_CHARS:,}", event.start_mark)
+        return node
+
+    def _count(self, values: int, mark: Any, alias: str = "") -> None:
+        self._values += values
+        if alias:
+            self._aliased += values
+            if self._aliased > MAX_ALIAS_VALUES:
+                raise _Refused(f"{alias} takes the file past {MAX_ALIAS_VALUES:,} values repeated through "
+                               "aliases, each alias counted as a copy of what it names (an alias bomb?)", mark)
+        if self._values > MAX_CONFIG_NODES:
+            raise _Refused(f"more than {MAX_CONFIG_NODES:,} values (keys, values and list items): a config "
+                           f"may hold at most {MAX_CONFIG_NODES:,}", mark)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # SafeConstructor lets these out for a scalar it cannot convert: `!!int abc`, a date
+            # that does not exist (2024-02-30), an integer of more than 4,300 digits
+            tag = node.tag.replace(_TAG_PREFIX, "!!")
+            what = _brief(node.value, 80) if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read {what} as {tag} ({exc})",
+                                                    node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # `!!set 1`, `!!map [a]`: before flatten_mapping fails on it
+            tag = node.tag.replace(_TAG_PREFIX, "!!")
+            raise yaml.constructor.ConstructorError(None, None, f"expected a mapping for {tag}, found a {node.id}",
+                                                    node.start_mark)
         self.flatten_mapping(node)
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag in self._TEXT_KEYS and not key.style:
@@ -605,19 +787,79 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+# (byte order mark, codec): YAML's encodings, as PyYAML tells them apart when it reads bytes;
+# UTF-32 first, as its little-endian mark starts like UTF-16's
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8-sig"))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8 (with or without a byte order mark), or UTF-16/32 with one."""
+    file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            # no more than the limit is read: a 50 GB file (or /dev/zero) is refused, not loaded
+            data = f.read(MAX_CONFIG_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
     except OSError as exc:
-        raise ConfigError([("", f"cannot read config: {exc.strerror}")], file=str(path)) from exc
+        raise ConfigError([("", f"cannot read config: {exc.strerror or exc}")], file=file) from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        mb = 1024 * 1024
+        shown = f"{size / mb:,.1f} MB" if size > MAX_CONFIG_BYTES else f"more than {MAX_CONFIG_BYTES // mb} MB"
+        raise ConfigError([("", f"the file is {shown}: a config file may be at most "
+                                f"{MAX_CONFIG_BYTES // mb} MB")], file=file)
+    codec = next((c for bom, c in _BOMS if data.startswith(bom)), "utf-8")
     try:
-        data = yaml.load(text, Loader=_ConfigLoader)
+        # newlines as Path.read_text gave them before (universal newlines), so lines count the same
+        return data.decode(codec).replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode(codec, errors="replace")
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        name = codec.upper().replace("-SIG", "")
+        raise ConfigError([("", f"line {line}, column {column}: not {name} text (byte 0x{data[exc.start]:02x}); "
+                                "save the file as UTF-8")], file=file) from None
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+    """The file's data and its line map (yaml_lines), or ConfigError saying what is wrong where:
+    never a traceback or a hang, whatever the file holds (see the limits above)."""
+    file = str(path)
+    text = _read_text(path)
+    try:
+        loader = _ConfigLoader(text)
+        try:
+            root = loader.get_single_node()
+            # the line map first: building the data flattens `<<` merges into the nodes
+            lines = _node_lines(root) if root is not None else {}
+            try:
+                data = loader.construct_document(root) if root is not None else None
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                # what construct_object does not see: the rest of a list or mapping is built later,
+                # by construct_document (none known; the line is not known either)
+                raise yaml.constructor.ConstructorError(None, None, f"cannot build the data ({exc})") from None
+        finally:
+            loader.dispose()
+    except yaml.reader.ReaderError as exc:
+        # a character YAML does not allow, NUL above all (a binary file); PyYAML gives no line
+        before = text[:exc.position]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character or "\0")
+        hint = " (a binary file?)" if char == 0 else ""
+        raise ConfigError([("", f"line {line}, column {column}: not valid YAML: unacceptable character "
+                                f"#x{char:04x}{hint}: {exc.reason}")], file=file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([("", f"{where}not valid YAML: {getattr(exc, 'problem', exc)}")],
-                          file=str(path)) from exc
-    return (data if data is not None else {}), yaml_lines(text)
+        what = exc.problem if isinstance(exc, _Refused) else f"not valid YAML: {getattr(exc, 'problem', exc)}"
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if isinstance(exc, yaml.composer.ComposerError) and context and context_mark:
+            # alone, its problem is "second occurrence" (of an anchor) or "but found another document"
+            what = f"not valid YAML: {context} (line {context_mark.line + 1}), {exc.problem}"
+        raise ConfigError([("", f"{where}{what}")], file=file) from exc
+    except RecursionError:
+        # not expected within MAX_CONFIG_DEPTH; PyYAML's `<<` merges also recurse, one level a merge
+        raise ConfigError([("", "nested too deeply to read")], file=file) from None
+    return (data if data is not None else {}), lines
 
 
 def load_config(
@@ -640,7 +882,26 @@ def load_config(
     file = str(path) if path else ""
     if not isinstance(raw, dict):
         raise ConfigError([("", "expected a mapping of sections at the top of the file")], file)
+    try:
+        return _validate(raw, path, lines, block_types, profile_types, env, plugins)
+    except ConfigError as exc:
+        if len(exc.problems) <= MAX_PROBLEMS:
+            raise
+        more = len(exc.problems) - MAX_PROBLEMS
+        raise ConfigError([*exc.problems[:MAX_PROBLEMS], ("", f"... and {more:,} more problems")],
+                          exc.file, exc.lines) from exc.__cause__
+    except (RecursionError, MemoryError):
+        # a plugin's own parser on a text nested deeply: Jinja recursing on an expression like
+        # "((((...))))", Python's compiler out of parser stack on a script (`x = ----...1` is a
+        # MemoryError); the YAML around it is within MAX_CONFIG_DEPTH
+        raise ConfigError([("", "a value is nested too deeply to check (an expression or a script?)")],
+                          file, lines) from None
 
+
+def _validate(raw: dict[str, Any], path: Path | None, lines: dict[str, int], block_types: Mapping[str, Any],
+              profile_types: Mapping[str, Any], env: Mapping[str, str], plugins: Any) -> Config:
+    """load_config after reading: every check; ConfigError lists what they found."""
+    file = str(path) if path else ""
     # a section written with nothing under it (`pipelines:`) means an empty one
     raw = {k: ({} if v is None and k != "alarms" else [] if v is None else v) for k, v in raw.items()}
     data, problems = expand_env(raw, env)
