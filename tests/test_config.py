@@ -467,3 +467,20 @@ def test_many_problems_reported_at_once(tmp_path):
         f"{path}:17: pipelines.b.blocks[0]: needs a profile (profile: NAME) or profiles: [NAME, ...]",
         f"{path}:18: pipelines.b.blocks[1].type: unknown block type 'teleport'; installed: {BLOCK_TYPES}",
     ]
+
+
+def test_check_says_when_a_failing_profile_would_page_nobody(tmp_path):
+    two = BASE.replace('  hook: {type: webhook, url: "http://127.0.0.1:9/hook"}\n',
+                       '  hook: {type: webhook, url: "http://127.0.0.1:9/hook"}\n'
+                       '  mail: {type: webhook, url: "http://127.0.0.1:9/mail"}\n')
+    r = check(write(tmp_path, NIGHT.replace("delay: soon", "delay: 1m"), base=two))
+    assert r.returncode == 0, r.stderr
+    assert "warning: gateway.profile_alarms.pipeline: not set: when a profile keeps failing" in r.stderr
+    routed = two.replace("api_tokens: [secret-token]\n", "api_tokens: [secret-token]\n"
+                         "  profile_alarms: {pipeline: night}\n")
+    r = check(write(tmp_path, NIGHT.replace("delay: soon", "delay: 1m"), base=routed))
+    assert r.returncode == 0 and "profile_alarms" not in r.stderr, r.stderr
+    wrong = routed.replace("{pipeline: night}", "{pipeline: nope}")
+    r = check(write(tmp_path, NIGHT.replace("delay: soon", "delay: 1m"), base=wrong))
+    assert r.returncode == 2
+    assert ":3: gateway.profile_alarms.pipeline: unknown pipeline 'nope'; defined: night" in r.stderr

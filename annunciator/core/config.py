@@ -9,6 +9,7 @@ line, and what was expected.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import json
 import math
 import os
@@ -921,6 +922,13 @@ def _validate(raw: dict[str, Any], path: Path | None, lines: dict[str, int], blo
 
     problems += _check_profiles(config, profile_types)
     problems += _check_references(config)
+    pa = settings.gateway.profile_alarms
+    # with one profile there is no other channel to tell anyone over; the console and log still show it
+    if pa.enabled and pa.pipeline is None and len(settings.profiles) > 1 and not any(
+            fnmatch.fnmatchcase("annunciator/profiles/x", d.source) and d.pipelines for d in settings.alarms):
+        config.notices.append(("gateway.profile_alarms.pipeline", "not set: when a profile keeps failing its "
+                               "alarm is listed and logged but pages nobody; name a pipeline that reaches "
+                               "the admins over another channel"))
     from .oncall import check_oncall  # here: oncall imports this module
 
     problems += check_oncall(config)
