@@ -484,3 +484,14 @@ def test_check_says_when_a_failing_profile_would_page_nobody(tmp_path):
     r = check(write(tmp_path, NIGHT.replace("delay: soon", "delay: 1m"), base=wrong))
     assert r.returncode == 2
     assert ":3: gateway.profile_alarms.pipeline: unknown pipeline 'nope'; defined: night" in r.stderr
+
+
+def test_check_names_a_script_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "bad.py").write_bytes(b'x = "caf\xe9"\n')
+    path = tmp_path / "annunciator.yaml"
+    path.write_text("gateway: {api_tokens: [t]}\nscripts:\n  startup: [{script: bad.py}]\n", encoding="utf-8")
+    r = check(path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"{path}:3: scripts.startup[0].script: syntax error at line 1: not UTF-8 text "
+                                "(byte 8 is 0xe9); save the script as UTF-8")

@@ -49,7 +49,15 @@ class Script:
 
     @classmethod
     def load(cls, path: Path) -> Script:
-        return cls.compile(path.read_text(encoding="utf-8"), str(path))
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # reported like a syntax error: callers name the file and line to fix (check, start-up)
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise SyntaxError(f"not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}); save the "
+                              "script as UTF-8", (str(path), line, 0, "")) from None
+        return cls.compile(text, str(path))
 
     def run(self, scope: dict[str, Any]) -> dict[str, Any]:
         """Run with ``scope`` as globals; raise ScriptError naming the script's file and line."""
