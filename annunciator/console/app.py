@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent, Priority, utcnow
-from annunciator.core.errors import Conflict, Invalid, NotFound
+from annunciator.core.errors import Conflict, Invalid, NotFound, Unavailable
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, verify_password
 from .conversations import Conversations
@@ -157,13 +157,18 @@ class Console:
                 if user is not None and request.method == "GET" and "x-console-fragment" not in request.headers:
                     ctx.nav = await self.conversations.nav(ctx)
                 response = await fn(ctx)
-            except Refused as exc:
+            except (Refused, Unavailable) as exc:
+                # a database that does not answer is a page saying so (503), not a traceback
+                status, message = ((exc.status, exc.message) if isinstance(exc, Refused)
+                                   else (503, f"{exc} (nothing was lost; reload the page shortly)"))
                 ctx = Ctx(self, request, session or Session(), None, None, None)
                 if "x-console-fragment" in request.headers:
-                    response = HTMLResponse(exc.message, exc.status)
+                    response = HTMLResponse(message, status)
                 else:
-                    response = HTMLResponse(self.render("error.html", ctx=ctx, status=exc.status,
-                                                        message=exc.message), exc.status)
+                    response = HTMLResponse(self.render("error.html", ctx=ctx, status=status,
+                                                        message=message), status)
+                if status == 503:
+                    response.headers["Retry-After"] = "5"
                 return self._headers(response)
             if session.changed:
                 self.set_cookie(response, session)

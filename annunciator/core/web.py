@@ -1,5 +1,12 @@
 """The HTTP API (Starlette). Everything under ``/api/`` but ``/api/health`` needs a bearer token
-from ``gateway.api_tokens``; plugin routes elsewhere check their own callers (signatures)."""
+from ``gateway.api_tokens``; plugin routes elsewhere check their own callers (signatures).
+
+Malformed input is a 4xx with a message, never a 500: bodies, URLs and JSON are bounded at the
+edge (core.http_limits: 2 MiB for ``POST /api/alarms``, 64 KiB for every other route, 32 levels
+of JSON), every field of a request model has a length limit, and a database that does not answer
+is a 503 with ``Retry-After``. A 500 means a bug (or rows the database itself refused) and is
+logged with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,9 +28,10 @@ from starlette.routing import BaseRoute, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..tags.types import TagError, TagNotFound, TagReadOnly
+from . import http_limits
 from .alarms import utcnow
 from .config import join_path
-from .errors import Conflict, Invalid, NotFound, Refused
+from .errors import Conflict, Invalid, NotFound, Refused, Unavailable
 from .gateway import AlarmSpec, Gateway
 from .oncall import OverrideInvalid, parse_when
 from .schedules import zone
@@ -35,41 +43,82 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
 
+# Field limits: what a person types (notes), names (users, sources, paths) and lists of them.
+# Without them a 10 MB note was stored and then travelled in every webhook body of its alarm.
+NOTES = 4000
+VALUE_JSON = 4000  # characters of JSON: an event value or one property value
+PROPERTIES = 100
+LIST = 1000
+User = Annotated[str, Field(min_length=1, max_length=200)]
+Source = Annotated[str, Field(min_length=1, max_length=500)]
+EventId = Annotated[str, Field(min_length=1, max_length=100)]  # ours are 32 hex digits
+Notes = Annotated[str, Field(max_length=NOTES)]
+
+
+def _json_size(value: Any, what: str) -> Any:
+    size = len(json.dumps(value, default=str))
+    if size > VALUE_JSON:
+        raise ValueError(f"{what} is {size} characters of JSON, at most {VALUE_JSON}")
+    return value
+
+
+class ApiAlarm(AlarmSpec):
+    """An AlarmSpec as the HTTP API accepts it: AlarmSpec's fields with length limits (the CLI and
+    scripts construct AlarmSpec themselves)."""
+
+    notes: Notes = ""
+    properties: dict[Annotated[str, Field(min_length=1, max_length=200)], Any] = Field({}, max_length=PROPERTIES)
+    pipelines: dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(min_length=1, max_length=200)]] = \
+        Field({}, max_length=10)
+
+    @field_validator("event_value")
+    @classmethod
+    def _event_value(cls, v: Any) -> Any:
+        return _json_size(v, "the value")
+
+    @field_validator("properties")
+    @classmethod
+    def _property_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            _json_size(value, f"property {key!r}")
+        return v
+
+
 class RaiseBody(_Body):
-    alarms: list[AlarmSpec] = Field(min_length=1, max_length=10000)
+    alarms: list[ApiAlarm] = Field(min_length=1, max_length=10000)
 
 
 class AckBody(_Body):
-    user: str = Field(min_length=1, max_length=200)
-    notes: str = ""
+    user: User
+    notes: Notes = ""
     via: str = Field("api", max_length=40)  # the channel, for the audit log (the CLI says "cli")
 
 
 class AckManyBody(AckBody):
-    event_ids: list[str] = Field(min_length=1)
+    event_ids: list[EventId] = Field(min_length=1, max_length=LIST)
 
 
 class ClearBody(_Body):
-    user: str | None = None
-    notes: str = ""
-    sources: list[str] = []
-    event_ids: list[str] = []
+    user: User | None = None
+    notes: Notes = ""
+    sources: list[Source] = Field([], max_length=LIST)
+    event_ids: list[EventId] = Field([], max_length=LIST)
 
 
 class ShelveBody(_Body):
-    sources: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(min_length=1)
+    sources: list[Source] = Field(min_length=1, max_length=LIST)
     minutes: float = Field(gt=0, le=60 * 24 * 365)
-    user: str | None = None
-    notes: str = ""
+    user: User | None = None
+    notes: Notes = ""
 
 
 class UnshelveBody(_Body):
-    sources: list[str] = Field(min_length=1)
-    user: str | None = None
+    sources: list[Source] = Field(min_length=1, max_length=LIST)
+    user: User | None = None
 
 
 class CancelBody(_Body):
-    user: str | None = None
+    user: User | None = None
 
 
 class PinBody(_Body):
@@ -80,9 +129,9 @@ class OverrideBody(_Body):
     user: str = Field(min_length=1, max_length=200)
     covers: str | None = Field(None, min_length=1, max_length=200)
     roster: str | None = Field(None, min_length=1, max_length=200)
-    starts: str | None = Field(None, alias="from")  # default: now
-    until: str
-    timezone: str = "UTC"  # for times written without an offset
+    starts: str | None = Field(None, alias="from", max_length=100)  # default: now
+    until: str = Field(max_length=100)
+    timezone: str = Field("UTC", max_length=100)  # for times written without an offset
     notes: str = Field("", max_length=2000)
     created_by: str | None = Field(None, max_length=200)
 
@@ -92,21 +141,26 @@ class ApiError(Exception):
         self.status, self.message, self.fields = status, message, fields or []
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, default=str, separators=(",", ":")), status,
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(data, default=str, separators=(",", ":")), status, headers=headers,
                     media_type="application/json")
 
 
-async def _parse(request: Request, model: type[BaseModel], wrap: str | None = None) -> Any:
-    raw = await request.body()
+async def _parse(request: Request, model: type[BaseModel], wrap: str | None = None,
+                 warnings: list[str] | None = None) -> Any:
+    """The body validated as ``model``. NaN/Infinity, NUL and lone surrogates are normalised
+    first (core.http_limits.normalise); what was changed is appended to ``warnings``."""
+    raw = await request.body()  # at most the route's body limit (http_limits.RouteGuard)
     try:
-        data = json.loads(raw) if raw else {}
-    except ValueError as exc:
-        raise ApiError(422, f"body is not valid JSON: {exc}", [{"path": "body", "message": str(exc)}])
+        data = http_limits.loads(raw) if raw else {}
+    except http_limits.BodyRefused as exc:
+        raise ApiError(422, exc.message, [{"path": exc.path, "message": exc.message}])
     if wrap and isinstance(data, dict) and wrap not in data:
         data = {wrap: [data]}  # a single object is accepted where a list is expected
     elif wrap and isinstance(data, list):
         data = {wrap: data}
+    # after wrapping, so the notes name the place as the error messages do ("alarms[0].name")
+    data = http_limits.normalise(data, warnings if warnings is not None else [])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -152,8 +206,12 @@ def _api(fn: Callable[[Gateway, Request], Awaitable[Response]], gw: Gateway) -> 
     async def handler(request: Request) -> Response:
         try:
             return await fn(gw, request)
+        except Unavailable as exc:
+            return _json(http_limits.unavailable_body(exc), 503,
+                         headers={"Retry-After": str(http_limits.RETRY_AFTER)})
         except ApiError as exc:
-            return _json({"error": exc.message, "fields": exc.fields}, exc.status)
+            retry = {"Retry-After": str(http_limits.RETRY_AFTER)} if exc.status == 503 else None
+            return _json({"error": exc.message, "fields": exc.fields}, exc.status, headers=retry)
         except NotFound as exc:
             return _json({"error": str(exc)}, 404)
         except Conflict as exc:
@@ -163,17 +221,32 @@ def _api(fn: Callable[[Gateway, Request], Awaitable[Response]], gw: Gateway) -> 
         except Refused as exc:
             log.error("%s %s: %s", request.method, request.url.path, exc)
             return _json({"error": str(exc)}, 500)
+        except Exception:
+            # a bug, not the caller's fault: a 500 (never dressed up as a 4xx), with the traceback
+            # in the log and JSON for the client
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _json({"error": "internal error in the gateway (a bug; the gateway log has the details)"},
+                         500)
     return handler
 
 
 # --- handlers -----------------------------------------------------------------------------
 
 async def health(gw: Gateway, request: Request) -> Response:
-    return _json({"status": "ok" if gw.started else "starting", "name": gw.config.gateway.name})
+    """``ok`` only while the database answers: a gateway that cannot store alarms is not healthy."""
+    name = gw.config.gateway.name
+    if not gw.started:
+        return _json({"status": "starting", "name": name})
+    problem = await gw.store.ping(timeout=2.0)
+    if problem is not None:
+        return _json({"status": "degraded", "database": problem, "name": name}, 503,
+                     headers={"Retry-After": str(http_limits.RETRY_AFTER)})
+    return _json({"status": "ok", "name": name})
 
 
 async def raise_alarms(gw: Gateway, request: Request) -> Response:
-    body = await _parse(request, RaiseBody, wrap="alarms")
+    warnings: list[str] = []
+    body = await _parse(request, RaiseBody, wrap="alarms", warnings=warnings)
     try:
         # answer only once the events are durable; an event the database refused is forgotten
         # again, so a retry of this request raises it anew
@@ -182,8 +255,10 @@ async def raise_alarms(gw: Gateway, request: Request) -> Response:
         raise ApiError(503, "the database is not answering; the alarms are queued and will be stored "
                             "when it returns (repeating this request is safe)")
     created = any(c for _, c in results)
-    return _json({"events": [e.to_dict() for e, _ in results], "created": [c for _, c in results]},
-                 201 if created else 200)
+    answer: dict[str, Any] = {"events": [e.to_dict() for e, _ in results], "created": [c for _, c in results]}
+    if warnings:
+        answer["warnings"] = warnings  # what was normalised to be storable (NaN, NUL, surrogates)
+    return _json(answer, 201 if created else 200)
 
 
 async def list_alarms(gw: Gateway, request: Request) -> Response:
@@ -356,23 +431,27 @@ async def tags(gw: Gateway, request: Request) -> Response:
 
 
 async def get_tag(gw: Gateway, request: Request) -> Response:
-    """One tag; a folder path answers with the tags under it (as ``/api/tags?path=``)."""
+    """One tag; a folder path answers with the tags under it (as ``/api/tags?path=``). A path no
+    tag can have (``/api/tags/%20``, over 500 characters) is a 404 that says why."""
     path = request.path_params["path"]
     try:
         return _json(gw.tags.get(path).to_dict())
     except TagNotFound:
         pass
     except TagError as exc:
-        raise ApiError(422, str(exc), [{"path": "path", "message": str(exc)}])
-    under = gw.tags.browse(path)
+        raise NotFound(f"no tag {path[:100]!r}: {exc}")
+    try:
+        under = gw.tags.browse(path)
+    except TagError as exc:
+        raise NotFound(f"no tag {path[:100]!r}: {exc}")
     if not under:
         raise NotFound(f"no tag {path!r}")
     return _json({"tags": [t.to_dict() for t in under]})
 
 
 class TagWriteBody(_Body):
-    value: Any = None
-    quality: str = "Good"
+    value: Any = None  # bounded by the body limit; the tag's data type checks the rest
+    quality: str = Field("Good", max_length=40)
 
 
 async def write_tag(gw: Gateway, request: Request) -> Response:
@@ -478,12 +557,14 @@ class BearerAuth:
 
 
 def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
-    def r(path: str, fn: Callable[[Gateway, Request], Awaitable[Response]], methods: list[str]) -> Route:
-        return Route(path, _api(fn, gw), methods=methods)
+    def r(path: str, fn: Callable[[Gateway, Request], Awaitable[Response]], methods: list[str],
+          body_limit: int = http_limits.BODY_LIMIT) -> Route:
+        return http_limits.limit_body(Route(path, _api(fn, gw), methods=methods), body_limit)
 
     routes: list[BaseRoute] = [
         r("/api/health", health, ["GET"]),
-        r("/api/alarms", raise_alarms, ["POST"]),
+        # batches of up to 10,000 alarms: 2 MiB, where every other route takes 64 KiB
+        r("/api/alarms", raise_alarms, ["POST"], http_limits.ALARMS_BODY_LIMIT),
         r("/api/alarms", list_alarms, ["GET"]),
         r("/api/alarms/acknowledge", ack_many, ["POST"]),
         r("/api/alarms/clear", clear_many, ["POST"]),
@@ -528,7 +609,11 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
             if manage_lifecycle:
                 await gw.stop()
 
+    # plugin routes get the 64 KiB body limit too, unless they declared their own (limit_body)
+    http_limits.guard_routes(routes, http_limits.BODY_LIMIT)
     app = Starlette(routes=routes, lifespan=lifespan)
+    # added first, so it runs inside BearerAuth: a caller without a token learns nothing more
+    app.add_middleware(http_limits.UrlGuard)
     app.add_middleware(BearerAuth, tokens=gw.config.gateway.api_tokens,
                        public_metrics=gw.config.gateway.public_metrics)
     return app

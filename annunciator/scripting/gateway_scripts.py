@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from annunciator.core import http_limits
+
 from .runner import RunResult, Script, compile_or_error, run_script
 
 if TYPE_CHECKING:
@@ -132,7 +134,8 @@ class GatewayScripts:
 def script_routes(gateway: Gateway) -> list[BaseRoute]:
     async def run(request: Request) -> Response:
         return await run_posted(gateway, request)
-    return [Route("/api/scripts/run", run, methods=["POST"])]
+    # its own body limit: a script may be up to MAX_SOURCE characters, more than the API's 64 KiB
+    return [http_limits.limit_body(Route("/api/scripts/run", run, methods=["POST"]), MAX_SOURCE * 2)]
 
 
 async def run_posted(gw: Gateway, request: Request) -> Response:
@@ -146,12 +149,14 @@ async def run_posted(gw: Gateway, request: Request) -> Response:
     if len(raw) > MAX_SOURCE * 2:
         return JSONResponse({"error": "script too large"}, 413)
     try:
-        body = json.loads(raw)
+        body = http_limits.loads(raw)  # bounded nesting: a deep body is a 422, not a RecursionError
         source, filename = body["source"], str(body.get("filename") or "<console>")
         if not isinstance(source, str):
             raise TypeError("source must be text")
     except (ValueError, KeyError, TypeError) as exc:
         return JSONResponse({"error": f'expected {{"source": TEXT, "filename": NAME}}: {exc}'}, 422)
+    # NUL cannot be compiled, a lone surrogate not be encoded: the same normalising as the API
+    source, filename = http_limits.normalise(source, []), http_limits.normalise(filename, [])
     from .plugin import scripting_system
     from .runner import record_error
 
@@ -173,6 +178,13 @@ async def run_posted(gw: Gateway, request: Request) -> Response:
 
 
 def _answer(result: RunResult, printed: list[str], value: Any) -> Response:
-    data = {**result.to_dict(), "stdout": "".join(printed),
-            "result": json.loads(json.dumps(value, default=str)) if value is not None else None}
+    try:
+        shown = json.loads(json.dumps(value, default=str)) if value is not None else None
+        if http_limits.depth(shown, http_limits.MAX_DEPTH) > http_limits.MAX_DEPTH:
+            raise ValueError("too deep")
+    except (ValueError, RecursionError):  # circular or absurdly deep: say what it is instead
+        shown = f"<{type(value).__name__} that cannot be shown as JSON>"
+    # a script's NaN or lone surrogate is valid Python but not JSON in UTF-8 (JSONResponse
+    # refused it with a 500): normalised as the API normalises bodies
+    data = http_limits.normalise({**result.to_dict(), "stdout": "".join(printed), "result": shown}, [])
     return JSONResponse(data)
