@@ -512,8 +512,12 @@ def test_a_database_that_hangs_is_503_within_the_commit_timeout_on_every_read_ro
                           "commit_timeout": f"{commit_timeout:g}s"},
               "profiles": {"hook": {"type": "webhook", "url": "http://127.0.0.1:9/unused"},
                            "mail": {"type": "email", "host": "127.0.0.1", "port": 9, "security": "none",
-                                    "sender": "alarms@plant.example"}},
-              "users": {"maria": {}}, "rosters": {"operators": ["maria"]}, "pipelines": {},
+                                    "sender": "alarms@plant.example"},
+                           "sms": {"type": "twilio-sms"}},
+              "twilio": {"accounts": {"main": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN,
+                                               "api_base": "http://127.0.0.1:9", "numbers": ["+15550109999"]}}},
+              "users": {"maria": {"pin": "1234", "contacts": {"sms": "+15550100001"}}},
+              "rosters": {"operators": ["maria"]}, "pipelines": {},
               "console": console_section()}
     proc = GatewayProcess(write_config(tmp_path / "annunciator.yaml", config)).start()
     try:
@@ -529,6 +533,14 @@ def test_a_database_that_hangs_is_503_within_the_commit_timeout_on_every_read_ro
                     r, took = _timed(lambda path=path: api.get(path))
                     assert r.status_code == 503 and r.headers["retry-after"], (path, r.status_code, r.text)
                     assert r.json()["error"] and took < commit_timeout + 1.5, (path, took)
+                # a signed Twilio webhook that must write: 503 within the timeout, not a hang
+                # past Twilio's own 15 s (the reply stays queued and is stored when it returns)
+                fields = {"MessageSid": "SM" + "0" * 32, "AccountSid": TWILIO_SID, "From": "+15550100001",
+                          "To": "+15550109999", "Body": "STATUS"}
+                signature = RequestValidator(TWILIO_TOKEN).compute_signature(proc.url + "/twilio/sms", fields)
+                r, took = _timed(lambda: httpx.post(proc.url + "/twilio/sms", data=fields, timeout=30,
+                                                    headers={"X-Twilio-Signature": signature}))
+                assert r.status_code == 503 and took < commit_timeout + 1.5, (took, r.status_code, r.text[:300])
                 r, took = _timed(lambda: console.get(f"/console/alarms/{event_id}"))
                 assert r.status_code == 503 and "not answering" in r.text and took < commit_timeout + 1.5, (
                     took, r.text[:300])

@@ -322,8 +322,11 @@ class Store:
         dropped (and logged) if the database refused the rows its caller queued."""
         self._current().callbacks.append((_unit(), callback))
 
-    async def commit(self) -> None:
+    async def commit(self, timeout: float | None = None) -> None:
         """Wait until everything queued so far is durable.
+
+        With ``timeout``, raise Unavailable when the database does not answer by then (the rows
+        stay queued and are written when it returns): a webhook must not hang through an outage.
 
         That includes a batch already taken for writing: a caller's rows may be in it (commit()
         can start a loop iteration after they were queued, e.g. under asyncio.wait_for), and
@@ -336,7 +339,15 @@ class Store:
         batch = self._current()
         target = batch if batch else self._inflight
         if target is not None:
-            await asyncio.shield(target.future)
+            if timeout is None:
+                await asyncio.shield(target.future)
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(target.future)
+                except TimeoutError:
+                    raise Unavailable("the database is not answering; the change is queued and will be "
+                                      "stored when it returns") from None
         task = asyncio.current_task()
         if task is not None:
             exc = self._refused.pop(task, None)

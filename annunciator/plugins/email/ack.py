@@ -176,7 +176,8 @@ class AckPages:
                         text=f"ack link used: {len(todo)} acknowledged, {len(already)} already",
                         event_ids=claim.event_ids, details={"jti": claim.jti})
         self._used.add(claim.jti)
-        await gw.store.commit()  # answered only once the acknowledgement and the used mark are durable
+        # answered only once the acknowledgement and the used mark are durable
+        await gw.store.commit(timeout=gw.store.read_timeout)
         return self._html(profile, "ack_done.html", {
             "events": [event_values(e) for e in todo], "already": already,
             "user": {"username": user.username, "name": user.display_name}})

@@ -87,7 +87,7 @@ class InboundSms:
                      else ALL_POOLS)
             state.set_opt_out(params["To"], scope, True, "provider")
         await self.gateway.delivery.delivery_status(sid, status, error)
-        await self.gateway.store.commit()
+        await self.gateway.store.commit(timeout=self.gateway.store.read_timeout)
         return Response(status_code=204)
 
     # --- inbound messages -----------------------------------------------------------------
@@ -127,7 +127,7 @@ class InboundSms:
         if text:
             state.record("out", our=our, their=their, body=text, username=user.username if user else None,
                          status="twiml", account=account.name if account else None, pool=pool)
-        await gw.store.commit()
+        await gw.store.commit(timeout=gw.store.read_timeout)
         return _twiml(text)
 
     async def _about(self, their: str, our: str) -> list[str]:

@@ -246,7 +246,7 @@ class VoiceFlow:
         xml = await self._apply_script(profile, session, "incoming", params,
                                        await self._start(profile, speaker, session, params, incoming=True))
         session.answers["incoming"] = xml
-        await self.gateway.store.commit()
+        await self.gateway.store.commit(timeout=self.gateway.store.read_timeout)
         return self._xml(xml)
 
     # --- answers --------------------------------------------------------------------------
@@ -586,7 +586,7 @@ class VoiceFlow:
             state.update_status(session, status)
         if session.direction == "out":
             await self._report(session, status, error)
-        await self.gateway.store.commit()
+        await self.gateway.store.commit(timeout=self.gateway.store.read_timeout)
 
     async def _report(self, session: CallSession, status: str, error: str | None) -> None:
         """Tell the delivery layer (fallback on busy/no-answer/failed/canceled)."""
