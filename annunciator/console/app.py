@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent, Priority, utcnow
 from annunciator.core.errors import Conflict, Invalid, NotFound, Unavailable
+from annunciator.core.errors import Refused as StoreRefused
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, verify_password
 from .conversations import Conversations
@@ -157,10 +158,14 @@ class Console:
                 if user is not None and request.method == "GET" and "x-console-fragment" not in request.headers:
                     ctx.nav = await self.conversations.nav(ctx)
                 response = await fn(ctx)
-            except (Refused, Unavailable) as exc:
+            except (Refused, Unavailable, StoreRefused) as exc:
                 # a database that does not answer is a page saying so (503), not a traceback
-                status, message = ((exc.status, exc.message) if isinstance(exc, Refused)
-                                   else (503, f"{exc} (nothing was lost; reload the page shortly)"))
+                if isinstance(exc, Refused):
+                    status, message = exc.status, exc.message
+                elif isinstance(exc, StoreRefused):
+                    status, message = 500, str(exc)
+                else:
+                    status, message = 503, f"{exc} (nothing was lost; reload the page shortly)"
                 ctx = Ctx(self, request, session or Session(), None, None, None)
                 if "x-console-fragment" in request.headers:
                     response = HTMLResponse(message, status)

@@ -727,7 +727,9 @@ class Gateway:
             chain=[Link.from_json(x) for x in row["chain"] or []], chain_id=row["chain_id"],
             batch_key=row["batch_key"], due_at=row["due_at"], attempt_log=list(row["attempt_log"] or []),
             delivery_status=row["delivery_status"], next_attempt_at=row.get("next_attempt_at"),
-            expires_at=row.get("expires_at"))
+            # rows from before durable retries have no deadline: give them the configured one
+            expires_at=row.get("expires_at") or row["created"] + timedelta(
+                seconds=self.config.gateway.retry.max_age))
 
     # --- queries --------------------------------------------------------------------------
 

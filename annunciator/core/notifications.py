@@ -226,7 +226,8 @@ class Dispatcher:
                 self._finish(n, SENT)
                 return
             n.last_error = result.error
-            self.health.failure(n.profile, result.error)
+            if result.retryable:  # a refused recipient (bad number, opt-out) is not a provider outage
+                self.health.failure(n.profile, result.error)
             if n.withdrawn:
                 self._finish(n, CANCELLED, error=f"{result.error}; not retried: {n.withdrawn}")
                 return
@@ -239,6 +240,8 @@ class Dispatcher:
                 return
             wait = result.retry_after if result.retry_after is not None else backoff(
                 n.attempts, self.retry.backoff, self.retry.max_backoff)
+            # a floor: "Retry-After: 0" (or a profile failing without I/O) must not spin until max_age
+            wait = max(wait, min(self.retry.backoff, 1.0), 0.05)
             if n.expires_at is not None:
                 wait = max(0.0, min(wait, (n.expires_at - now).total_seconds()))
             n.next_attempt_at = now + timedelta(seconds=wait)
@@ -300,7 +303,8 @@ class Dispatcher:
         elif status == FAILED:
             self.failed += 1
             if not n.chain:  # no channel left to fall back to: the page is given up
-                self.health.gave_up(n.profile)
+                if n.profile in self.health.failing():
+                    self.health.gave_up(n.profile)
                 self.given_up.append({
                     "id": n.id, "user": n.user.username, "profile": n.profile, "contact": n.contact,
                     "eventIds": n.event_ids, "attempts": n.attempts, "error": n.last_error,

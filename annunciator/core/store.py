@@ -389,9 +389,9 @@ class Store:
                                         self.outage_since.isoformat(timespec="seconds"))
                             self.outage_since = None
                         break
-                    except sa.exc.OperationalError as exc:
-                        # The database is unreachable: keep the batch and try again; losing an
-                        # alarm is worse than holding callers for a while.
+                    except (sa.exc.OperationalError, _Transient) as exc:
+                        # The database is unreachable (or read-only during a failover): keep the batch
+                        # and try again; losing an alarm is worse than holding callers for a while.
                         log.error("database write failed, retrying in %.1fs: %s", delay, exc.orig)
                         if self.outage_since is None:
                             self.outage_since = datetime.now(UTC)
@@ -441,23 +441,30 @@ class Store:
                     return
                 except sa.exc.OperationalError:
                     raise
-                except Exception as exc:
-                    # A row the database refuses (a constraint, a value too long): write the
-                    # batch again group by group, so only the group holding that row fails.
-                    if conn.in_transaction():
-                        conn.rollback()
-                    assert self._loop is not None
-                    batch.groups = batch.split(self._loop)
-                    log.warning("database refused a batch of %d group(s) (%s); writing them one by one",
-                                len(batch.groups), _reason(exc))
+                except sa.exc.DBAPIError as exc:
+                    if not _refusal(exc):
+                        raise _Transient(exc) from exc
+                    self._split(conn, batch, exc)
+                except (ValueTooLong, TypeError, ValueError) as exc:
+                    self._split(conn, batch, exc)
             self._write_groups(conn, batch)
         except BaseException:
             if conn.in_transaction():
                 conn.rollback()
-            if isinstance(sys.exc_info()[1], sa.exc.OperationalError):
+            if isinstance(sys.exc_info()[1], sa.exc.OperationalError | _Transient):
                 conn.close()
                 self._writer_conn = None
             raise
+
+    def _split(self, conn: Connection, batch: _Batch, exc: BaseException) -> None:
+        """A row the database refuses (a constraint, a value too long): the batch is written
+        again group by group, so only the group holding that row fails."""
+        if conn.in_transaction():
+            conn.rollback()
+        assert self._loop is not None
+        batch.groups = batch.split(self._loop)
+        log.warning("database refused a batch of %d group(s) (%s); writing them one by one",
+                    len(batch.groups), _reason(exc))
 
     def _write_groups(self, conn: Connection, batch: _Batch) -> None:
         """Each group in its own transaction; a group that fails is tried again after the others
@@ -472,10 +479,17 @@ class Store:
                     self._write_rows(conn, group)
                 except sa.exc.OperationalError:
                     raise
-                except Exception as exc:
+                except sa.exc.DBAPIError as exc:
+                    if not _refusal(exc):
+                        raise _Transient(exc) from exc
                     if conn.in_transaction():
                         conn.rollback()
-                    batch.failed[group.root_unit] = exc
+                    batch.failed[group.root_unit] = exc.with_traceback(None)
+                    continue
+                except (ValueTooLong, TypeError, ValueError) as exc:
+                    if conn.in_transaction():
+                        conn.rollback()
+                    batch.failed[group.root_unit] = exc.with_traceback(None)
                     continue
                 batch.groups.remove(group)
                 batch.failed.pop(group.root_unit, None)
@@ -521,7 +535,7 @@ class Store:
         params: list[Any] = []
         for row in rows:
             for c, n in limits:
-                _fits(table, c, row[c], n)
+                _fits(table, c, _text(row[c]), n)
             values = [_text(row[c]) if proc is None or row[c] is None else proc(_text(row[c]))
                       for c, proc in zip(order, procs, strict=True)]
             params.append(tuple(values) if positional else dict(zip(order, values, strict=True)))
@@ -603,6 +617,26 @@ def _fits(table: sa.Table, column: str, value: Any, limit: int) -> None:
 
 class ValueTooLong(ValueError):
     """A string longer than its column."""
+
+
+def _refusal(exc: sa.exc.DBAPIError) -> bool:
+    """Is this the database refusing the rows (a constraint, bad data, a trigger's RAISE), rather
+    than not working (read-only standby 25006, internal trouble)? Only a refusal fails a group."""
+    if exc.connection_invalidated:
+        return False
+    if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+        return True
+    state = str(getattr(exc.orig, "sqlstate", "") or "")
+    return state[:2] in ("22", "23", "P0")
+
+
+class _Transient(Exception):
+    """A database error that is not about the rows (a read-only standby, an internal error): the
+    batch is kept and retried like a lost connection, never refused."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(str(exc))
+        self.orig = getattr(exc, "orig", exc)
 
 
 def _key(table: sa.Table, row: dict[str, Any]) -> Any:
