@@ -37,38 +37,18 @@ from twilio.request_validator import RequestValidator
 
 from annunciator.core.http_limits import ALARMS_BODY_LIMIT, BODY_LIMIT, MAX_DEPTH
 from annunciator.testing.gateway import TOKEN, GatewayProcess, api_client, free_port, write_config
+from annunciator.testing.pytest_plugin import database_url
 
 from conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
-DB_ENV = "ANNUNCIATOR_TEST_DATABASE_URL"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "hostile-auth-token"
 
 
-@contextlib.contextmanager
-def module_database(tmp: Path) -> Iterator[str]:
-    """A SQLite file, or a fresh schema on ANNUNCIATOR_TEST_DATABASE_URL, for a module's gateway
-    (the ``annunciator_database_url`` fixture is per test)."""
-    url = os.environ.get(DB_ENV)
-    if not url:
-        yield f"sqlite:///{tmp / 'hostile.db'}"
-        return
-    import sqlalchemy as sa
-
-    from annunciator.core.store import normalize_url
-
-    url = normalize_url(url)
-    schema = "t_" + uuid.uuid4().hex[:12]
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
+def module_database(tmp: Path) -> contextlib.AbstractContextManager[str]:
+    """The plugin's database for a module's gateway (``annunciator_database_url`` is per test)."""
+    return database_url(tmp, "hostile.db")
 
 
 def hostile_config(tmp: Path, database: str) -> dict[str, Any]:

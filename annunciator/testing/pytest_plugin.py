@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,11 +34,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"annunciator: database tests on SQLite only; PostgreSQL pass skipped ({DB_ENV} not set)"
 
 
-@pytest.fixture
-def annunciator_database_url(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def database_url(tmp: Path, name: str = "annunciator.db") -> Iterator[str]:
+    """A SQLite file in ``tmp``, or a fresh schema on ANNUNCIATOR_TEST_DATABASE_URL, dropped after
+    (for a gateway that lives longer than one test, e.g. a module's)."""
     url = os.environ.get(DB_ENV)
     if not url:
-        yield f"sqlite:///{tmp_path / 'annunciator.db'}"
+        yield f"sqlite:///{tmp / name}"
         return
     import sqlalchemy as sa
 
@@ -55,6 +58,12 @@ def annunciator_database_url(tmp_path: Path) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture
+def annunciator_database_url(tmp_path: Path) -> Iterator[str]:
+    with database_url(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
