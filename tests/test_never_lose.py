@@ -266,3 +266,108 @@ def test_a_row_the_database_refuses_fails_only_its_own_request(tmp_path, gateway
             assert len(api.get("/api/alarms").json()["events"]) == 21
     finally:
         proc.stop()
+
+
+def test_a_refused_alarm_pages_nobody_even_when_its_pipeline_awaits_first(tmp_path, gateway_config,
+                                                                         webhook_receiver):
+    """A Script block runs before the Notification block, so the page is queued after the alarm's
+    row went to the database (in a later group commit): the refused alarm still pages nobody,
+    is not listed, and leaves nothing behind that a restart would send."""
+    gateway_config["pipelines"] = {"page": {"blocks": [
+        {"type": "script", "name": "enrich", "code": 'state["checked"] = True\n'},
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "{name}"}]}}
+    url = gateway_config["gateway"]["database"]
+    proc = _process(tmp_path, gateway_config)
+    try:
+        _poison(url)
+        bodies = [json.dumps({"source": f"plant/line-{i}", "name": f"line {i}", "pipelines": {"active": "page"}}
+                             ).encode() for i in range(10)]
+        bodies.append(b'{"source": "poison/valve", "name": "valve", "pipelines": {"active": "page"}}')
+        answers = _concurrently(proc.url, _token(gateway_config), bodies)
+        assert [a.status_code for a in answers] == [201] * 10 + [500], [a.text for a in answers]
+        wait_until(lambda: len(delivered(webhook_receiver)) == 10, what="the 10 good pages")
+        time.sleep(1.0)
+        assert "valve" not in {r.json["message"] for r in webhook_receiver.requests}
+        proc.stop()
+        proc.start()
+        time.sleep(1.0)
+        with api_client(proc.url) as api:
+            assert api.get("/api/alarms", params={"source": "poison/*"}).json()["events"] == []
+        assert len(webhook_receiver.requests) == 10  # nothing of the refused alarm was stored to resend
+    finally:
+        proc.stop()
+
+
+def test_a_duplicate_raise_of_a_refused_alarm_is_not_answered_already_active(tmp_path, gateway_config,
+                                                                            webhook_receiver):
+    """Eight requests raise the same source at once; the database refuses it. None of them may
+    answer "already active" for an alarm that was never stored."""
+    gateway_config["pipelines"] = {"page": page()}
+    url = gateway_config["gateway"]["database"]
+    proc = _process(tmp_path, gateway_config)
+    try:
+        _poison(url)
+        body = b'{"source": "poison/valve", "pipelines": {"active": "page"}}'
+        answers = _concurrently(proc.url, _token(gateway_config), [body] * 8)
+        assert [a.status_code for a in answers] == [500] * 8, [(a.status_code, a.text) for a in answers]
+        assert all("refused" in a.json()["error"] for a in answers)
+        with api_client(proc.url) as api:
+            assert api.get("/api/alarms", params={"source": "poison/*"}).json()["events"] == []
+        assert webhook_receiver.requests == []
+    finally:
+        proc.stop()
+
+
+def test_a_refused_alarm_is_left_out_of_a_consolidated_message(tmp_path, gateway_config, webhook_receiver):
+    gateway_config["pipelines"] = {"page": {"blocks": [
+        {"type": "notification", "profile": "hook", "roster": "operators", "message": "{name}",
+         "consolidation": {"delay": "1s", "message": "{count} alarms: {names}"}}]}}
+    url = gateway_config["gateway"]["database"]
+    proc = _process(tmp_path, gateway_config)
+    try:
+        _poison(url)
+        bodies = [json.dumps({"source": f"plant/line-{i}", "name": f"line{i}", "pipelines": {"active": "page"}}
+                             ).encode() for i in range(6)]
+        bodies.append(b'{"source": "poison/valve", "name": "valve", "pipelines": {"active": "page"}}')
+        answers = _concurrently(proc.url, _token(gateway_config), bodies)
+        assert [a.status_code for a in answers] == [201] * 6 + [500]
+        [message] = webhook_receiver.wait_for(1, timeout=15)
+        assert message.json["message"].startswith("6 alarms"), message.json["message"]
+        assert "valve" not in message.json["message"]
+        time.sleep(1.5)
+        assert len(webhook_receiver.requests) == 1
+    finally:
+        proc.stop()
+
+
+def test_tag_alarms_beside_a_refused_one_are_stored_and_page(tmp_path, gateway_config, webhook_receiver):
+    """Tag alarms are raised by one long-lived task: a refused one must not take the others in the
+    same group commit with it, and it is raised again by the next value that trips it."""
+    gateway_config["pipelines"] = {"page": page()}
+    tanks = ["Plant/Tank1", "Plant/Tank2", "Plant/Tank3", "Plant/poison"]
+    gateway_config["tags"] = {p: {"type": "Float8", "value": 0, "alarms": [
+        {"name": "High", "mode": "above", "setpoint": 10, "pipelines": {"active": "page"}}]} for p in tanks}
+    gateway_config["scripts"] = {"api_run": True}
+    url = gateway_config["gateway"]["database"]
+    if not url.startswith("sqlite"):
+        pytest.skip("the SQLite trigger is enough to show the grouping; PostgreSQL refusals are covered above")
+    proc = _process(tmp_path, gateway_config)
+    try:
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute("CREATE TRIGGER poison BEFORE INSERT ON alarm_events WHEN NEW.source LIKE '%poison%' "
+                       "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
+        with api_client(proc.url) as api:
+            # one script writes all four at once: they are evaluated together, in one group commit
+            r = api.post("/api/scripts/run", json={"source": f"system.tag.writeBlocking({tanks!r}, [20] * 4)"})
+            assert r.status_code == 200 and r.json()["ok"], r.text
+            wait_until(lambda: len(delivered(webhook_receiver)) == 3, what="the three good tag alarms")
+            sources = {e["source"] for e in api.get("/api/alarms").json()["events"]}
+            assert len(sources) == 3 and not any("poison" in s for s in sources), sources
+            with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+                db.execute("DROP TRIGGER poison")
+            for value in (0, 30):
+                assert api.post("/api/tags/Plant/poison", json={"value": value}).status_code == 200
+            wait_until(lambda: len(delivered(webhook_receiver)) == 4, what="the tag alarm raised again")
+    finally:
+        proc.stop()
+

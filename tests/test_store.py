@@ -105,3 +105,73 @@ def test_commit_waits_for_a_batch_already_being_written(annunciator_database_url
     returned_early, count = asyncio.run(main())
     assert not returned_early, "commit() returned while the caller's rows were still being written"
     assert count == 1
+
+
+def test_one_refused_unit_in_a_flood_costs_a_few_commits_and_only_its_own_rows(annunciator_database_url):
+    """2,000 requests in one group commit, one with a value too long for its column: the other
+    1,999 are stored, only the bad one is told, and finding it takes a few dozen transactions
+    (halving), not one per request."""
+    from annunciator.core import units
+    from annunciator.core.errors import Refused
+
+    async def main() -> tuple[int, list[str], list[str]]:
+        store = Store(annunciator_database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, store.open, loop)
+        now = utcnow()
+        refused: list[str] = []
+
+        async def request(i: int) -> None:
+            with units.fresh(f"request {i}"):
+                user = "u" * 300 if i == 1234 else "u"  # shelves.user is String(200)
+                store.insert(schema.shelves, {"source": f"s{i}", "expires_at": now, "user": user,
+                                              "notes": "", "created": now})
+                try:
+                    await store.commit()
+                except Refused as exc:
+                    refused.append(f"s{i}: {exc}")
+
+        before = store.batches_written
+        await asyncio.gather(*(request(i) for i in range(2000)))
+        commits = store.batches_written - before
+        rows = await store.read(lambda c: [r[0] for r in c.execute(sa.select(schema.shelves.c.source))])
+        await store.close()
+        return commits, rows, refused
+
+    commits, rows, refused = asyncio.run(main())
+    assert len(rows) == 1999 and "s1234" not in rows
+    assert len(refused) == 1 and refused[0].startswith("s1234: the database refused this change: shelves.user")
+    assert commits <= 30, commits
+
+
+def test_a_batch_whose_commit_was_cut_off_is_not_written_twice(annunciator_database_url):
+    """The connection drops after the server committed (the answer to COMMIT is lost): writing
+    the batch again must see it is stored, not fail on its own keys and refuse it."""
+    from annunciator.core.store import _Batch
+
+    async def main() -> list[tuple[str, str]]:
+        store = Store(annunciator_database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, store.open, loop)
+        now = utcnow()
+
+        def batch() -> _Batch:
+            b = _Batch(loop)
+            b.inserts[schema.shelves] = {f"s{i}": {"source": f"s{i}", "expires_at": now, "user": "u",
+                                                   "notes": "first", "created": now} for i in range(3)}
+            for i in range(3):
+                b.own(schema.shelves, f"s{i}", object())
+            return b
+
+        await loop.run_in_executor(store._writer, store._write, batch())
+        again = batch()
+        again.retried = True  # as the flush loop marks a batch after a lost connection
+        await loop.run_in_executor(store._writer, store._write, again)
+        rows = await store.read(lambda c: [tuple(r) for r in c.execute(
+            sa.select(schema.shelves.c.source, schema.shelves.c.notes))])
+        refused = store.rows_refused
+        await store.close()
+        assert refused == 0
+        return rows
+
+    assert sorted(asyncio.run(main())) == [("s0", "first"), ("s1", "first"), ("s2", "first")]

@@ -30,6 +30,7 @@ class Code(StrEnum):
     CHANNEL_FALLBACK = "ChannelFallback"  # the next channel of the person's policy is tried
     NO_CONTACT = "NoContactInfo"  # the person has no contact info any of the profiles can use
     NOBODY_ON_CALL = "NobodyOnCall"  # the roster resolved to nobody
+    PIPELINE_REFUSED = "PipelineRefused"  # the database refused a pipeline instance: it pages nobody
     HELD = "NotificationHeld"  # collected for a consolidated message / throttled
     CONSOLIDATED = "NotificationConsolidated"  # several alarms sent as one message
     ACKNOWLEDGED = "Acknowledged"

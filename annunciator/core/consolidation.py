@@ -103,7 +103,9 @@ class Batches:
             self.open[key] = batch
             self._schedule(batch, settings, now)
             holder.due_at = batch.due
-            self.gateway.store.insert(schema.notifications, holder.row())
+            # shared: the held message is every alarm's that joins it, not the first one's
+            self.gateway.store.insert(schema.notifications, holder.row(),
+                                      on_refused=lambda: self._drop(key, holder), shared=True)
         else:
             if event.id in batch.ids:
                 return
@@ -114,7 +116,7 @@ class Batches:
             batch.holder.due_at = batch.due
             # folded into one write per store batch, however many alarms arrive in it
             self.gateway.store.update(schema.notifications, batch.holder.id, {
-                "event_ids": batch.holder.event_ids, "due_at": batch.due, "updated": now})
+                "event_ids": batch.holder.event_ids, "due_at": batch.due, "updated": now}, shared=True)
         if origin.instance_id:
             batch.origins[event.id] = origin.instance_id
         self.by_event.setdefault(event.id, set()).add(key)
@@ -169,7 +171,7 @@ class Batches:
             if batch.ids:
                 batch.holder.events = [e for e in batch.holder.events if e.id != event.id]
                 self.gateway.store.update(schema.notifications, batch.holder.id, {
-                    "event_ids": batch.holder.event_ids, "updated": utcnow()})
+                    "event_ids": batch.holder.event_ids, "updated": utcnow()}, shared=True)
                 continue
             # the last one: the row keeps it, so the alarm's story shows the withdrawn batch
             self.open.pop(key, None)
@@ -184,6 +186,40 @@ class Batches:
             self.gateway.audit.record(Code.NOTIFICATION_CANCELLED, user=batch.holder.user.username,
                                       channel=batch.holder.profile, text=why, event_ids=[event.id],
                                       notification_id=batch.holder.id)
+
+    def _drop(self, key: str, holder: Notification) -> None:
+        """The database refused a batch's holder row: the batch never existed. Its alarms'
+        instances are refused with it when they share its request; any alarm added from other
+        work is held again by its own pipeline on the next pass, so it is logged loudly."""
+        batch = self.open.get(key)
+        if batch is None or batch.holder is not holder:
+            return
+        self.open.pop(key)
+        self.gateway.timers.cancel(f"batch:{key}")
+        for event_id in batch.ids:
+            self._forget(event_id, key)
+        holder.status = CANCELLED
+        log.error("held notification %s (%s, %d alarm(s)) was not stored: the database refused it",
+                  holder.id, key, len(batch.ids))
+
+    def discard(self, event: AlarmEvent) -> None:
+        """Take an alarm whose row the database refused out of every batch, without a trace: it
+        never was active. A batch left empty is withdrawn."""
+        for key in list(self.by_event.get(event.id, ())):
+            batch = self.open.get(key)
+            if batch is None:
+                continue
+            batch.ids.discard(event.id)
+            batch.origins.pop(event.id, None)
+            batch.holder.events = [e for e in batch.holder.events if e.id != event.id]
+            self._forget(event.id, key)
+            if batch.ids:
+                self.gateway.store.update(schema.notifications, batch.holder.id, {
+                    "event_ids": batch.holder.event_ids, "updated": utcnow()}, shared=True)
+            else:
+                self.open.pop(key, None)
+                self.gateway.timers.cancel(f"batch:{key}")
+                self._close(batch.holder, CANCELLED, "its only alarm was refused by the database")
 
     def _forget(self, event_id: str, key: str) -> None:
         keys = self.by_event.get(event_id)

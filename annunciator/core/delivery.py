@@ -137,7 +137,8 @@ class Delivery:
     def _queue(self, n: Notification) -> None:
         if n.expires_at is None:  # a fallback keeps the deadline of the chain it continues
             n.expires_at = n.created + timedelta(seconds=self.gateway.config.gateway.retry.max_age)
-        self.gateway.store.insert(schema.notifications, n.row())
+        self.gateway.store.insert(schema.notifications, n.row(),
+                                  on_refused=lambda: self.gateway.dispatcher.discard(n))
         self.gateway.dispatcher.submit(n)
 
     # --- after sending --------------------------------------------------------------------

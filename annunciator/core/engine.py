@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import schema
 from .alarms import AlarmEvent, new_id, utcnow
+from .audit import Code
 from .delivery import OnCallUsers, Origin
 from .expressions import Expression
 from .pipeline import Fork, Jump, Next, Pipeline, Stop, Wait
@@ -334,12 +335,34 @@ class Engine:
         """Forget an event's instances whose rows the database refused: no timer, no trace, no
         row; nothing may go on as if they had been stored."""
         for inst in list(self.by_event.pop(event.id, {}).values()):
-            for br in inst.branches:
-                self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
-            inst.status, inst.branches = CANCELLED, []
-            self.live.pop(inst.id, None)
-            self._trace_buffer.pop(inst.id, None)
-            self.gateway.dispatcher.discard_instance(inst.id)
+            self._discard(inst)
+
+    def _discard(self, inst: Instance) -> None:
+        for br in inst.branches:
+            self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
+        inst.status, inst.branches = CANCELLED, []
+        self.live.pop(inst.id, None)
+        self._trace_buffer.pop(inst.id, None)
+        instances = self.by_event.get(inst.event.id)
+        if instances is not None:
+            instances.pop(inst.id, None)
+            if not instances:
+                del self.by_event[inst.event.id]
+        self.gateway.dispatcher.discard_instance(inst.id)
+
+    def _refused(self, inst: Instance) -> None:
+        """The database refused an instance's row. With its alarm refused too, the alarm is
+        forgotten (the request failed). An alarm stored before its instance was refused stays
+        active: that is written where an operator looks, since this pipeline will page nobody."""
+        if inst.status == CANCELLED:
+            return
+        self._discard(inst)
+        if self.gateway.events.get(inst.event.id) is inst.event:
+            why = f"pipeline {inst.pipeline.name} could not be stored (the database refused it): it pages nobody"
+            log.error("alarm %s (%s): %s", inst.event.id, inst.event.source, why)
+            self.gateway.journal_note(inst.event, "pipeline-refused", why)
+            self.gateway.audit.record(Code.PIPELINE_REFUSED, text=why, event_ids=[inst.event.id],
+                                      details={"pipeline": inst.pipeline.name, "instance": inst.id})
 
     def cancel(self, instance_id: str, why: str) -> Instance | None:
         inst = self.live.get(instance_id)
@@ -353,7 +376,7 @@ class Engine:
         row = inst.row()
         if not inst.stored:
             inst.stored = True
-            self.gateway.store.insert(schema.pipeline_instances, row)
+            self.gateway.store.insert(schema.pipeline_instances, row, on_refused=lambda: self._refused(inst))
         else:
             del row["id"], row["event_id"], row["pipeline"], row["created"]
             self.gateway.store.update(schema.pipeline_instances, inst.id, row)

@@ -17,14 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from ..tags.provider import TagProvider
-from . import schema
+from . import schema, units
 from .alarms import AckMode, AlarmEvent, Priority, Transition, render_message, utcnow
 from .audit import AuditLog, Code
 from .channels import Link
 from .config import ChannelSettings, Config, check_pipeline_keys
 from .delivery import Delivery
 from .engine import Engine, Instance
-from .errors import Conflict, Invalid, NotFound, Refused
+from .errors import Conflict, Invalid, NotFound
 from .notifications import HELD, PENDING, Dispatcher, Notification
 from .oncall import OnCall, Resolution
 from .pipeline import Pipeline
@@ -283,7 +283,8 @@ class Gateway:
         while True:
             await asyncio.sleep(every)
             try:
-                await self.check_profiles()
+                with units.fresh("profile check"):
+                    await self.check_profiles()
             except Exception:  # the watcher must outlive any one bad check
                 log.exception("checking the notification profiles failed")
 
@@ -419,6 +420,9 @@ class Gateway:
         for spec in specs:
             existing = self.current.get(spec.source)
             if existing is not None:
+                # it may still be on its way to the database for another request: if it is
+                # refused there, this request's "already active" must not stand either
+                self.store.depend(schema.alarm_events, existing.id)
                 out.append((existing, False))
                 continue
             event = self._new_event(spec)
@@ -426,7 +430,8 @@ class Gateway:
             self.by_code[event.ack_code] = event
             self.events[event.id] = event
             self.current[event.source] = event
-            self.store.insert(schema.alarm_events, _event_row(event))
+            self.store.insert(schema.alarm_events, _event_row(event),
+                              on_refused=lambda e=event: self.forget_unstored([e]))
             self._journal(event, Transition.ACTIVE, None, event.notes)
             if event.acknowledged:
                 self._journal(event, Transition.ACKNOWLEDGED, SYSTEM_USER, "ack mode unused")
@@ -443,29 +448,30 @@ class Gateway:
 
     async def raise_alarms_stored(self, specs: Iterable[AlarmSpec], timeout: float | None = None
                                   ) -> list[tuple[AlarmEvent, bool]]:
-        """Raise and wait until the events are durable. An event whose rows the database refused
+        """Raise and wait until the events are durable. An event whose row the database refused
         is forgotten again (never "active" unless stored), so repeating the request raises it
         anew; Refused is raised then. TimeoutError (the database does not answer) keeps
         everything queued: it is stored when the database returns."""
-        results = await self.raise_alarms(specs)
-        try:
+        with units.joined("raise alarms"):
+            results = await self.raise_alarms(specs)
             async with asyncio.timeout(self.config.gateway.commit_timeout if timeout is None else timeout):
                 await self.store.commit()
-        except Refused:
-            self.forget_unstored([e for e, created in results if created])
-            raise
         return results
 
     def forget_unstored(self, events: Iterable[AlarmEvent]) -> None:
         """Undo raising events whose rows were refused: memory never gets ahead of the store."""
         for event in events:
+            if self.events.get(event.id) is not event:
+                continue
             self.engine.discard(event)
+            self.delivery.batches.discard(event)
             self.events.pop(event.id, None)
             if self.current.get(event.source) is event:
                 del self.current[event.source]
             if event.ack_code is not None and self.by_code.get(event.ack_code) is event:
                 del self.by_code[event.ack_code]
             log.error("alarm %s (%s) was not stored: the database refused it", event.id, event.source)
+            self.hook.annunciator_alarm_event(gateway=self, event=event, transition="discarded")
         self.refresh_tags_soon()
 
     def _new_event(self, spec: AlarmSpec) -> AlarmEvent:

@@ -113,8 +113,10 @@ def annunciator_resolve_roster(
 def annunciator_alarm_event(gateway: Gateway, event: AlarmEvent, transition: str) -> None:
     """Called after an alarm event changed state and the change was queued for storage.
 
-    ``transition`` is "active", "cleared", "acknowledged", "shelved" or "unshelved". Observers must
-    not block: schedule any I/O as a task. Returns nothing.
+    ``transition`` is "active", "cleared", "acknowledged", "shelved" or "unshelved", or
+    "discarded" when the database refused the row of an event reported "active" a moment before:
+    it was never stored, is no longer listed, and pages nobody. Observers must not block: schedule
+    any I/O as a task. Returns nothing.
     """
 
 

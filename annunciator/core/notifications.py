@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import schema
+from . import schema, units
 from .alarms import AlarmEvent, new_id, utcnow
 from .audit import Code
 from .channels import Link
@@ -165,7 +165,10 @@ class Dispatcher:
             self._by_instance.setdefault(n.instance_id, set()).add(n.id)
 
     def _spawn(self, notification: Notification) -> None:
-        task = asyncio.ensure_future(self._deliver(notification))
+        if notification.status != PENDING:  # refused by the database, or cancelled meanwhile
+            return
+        # each delivery is a unit of work of its own, whoever queued it
+        task = asyncio.get_running_loop().create_task(self._deliver(notification), context=units.outside())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -183,6 +186,19 @@ class Dispatcher:
                 count += 1
         return count
 
+    def discard(self, n: Notification) -> None:
+        """Forget a notification whose row the database refused: it is never sent."""
+        if n.status == PENDING:
+            log.error("notification %s to %s via %s was not stored: the database refused it; not sent",
+                      n.id, n.user.username, n.profile)
+        n.status = CANCELLED
+        self._live.pop(n.id, None)
+        ids = self._by_instance.get(n.instance_id or "")
+        if ids is not None:
+            ids.discard(n.id)
+            if not ids:
+                del self._by_instance[n.instance_id or ""]
+
     def discard_instance(self, instance_id: str) -> None:
         """Forget notifications of an instance whose rows the database refused (never sent: their
         after-commit send was dropped with the rows)."""
@@ -191,6 +207,7 @@ class Dispatcher:
             if n is not None:
                 n.status = CANCELLED
 
+    @units.entry("delivery")
     async def _deliver(self, n: Notification) -> None:
         profile = self.gateway.profiles.get(n.profile)
         while n.status == PENDING:

@@ -10,6 +10,7 @@ never send what was not recorded). One transaction per alarm could not keep up w
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import sys
@@ -24,8 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
-from . import sanitize, schema
+from . import sanitize, schema, units
 from .errors import AlreadyRunning, Refused, Unavailable
+from .units import Unit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,21 +84,21 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 class _Batch:
     """Rows queued since the last flush, each remembered with the *unit* that queued it.
 
-    A unit is the asyncio task that queued the row (an HTTP request, a delivery, a poller) or
-    None for plain loop callbacks (timers). Units that touch the same keyed row are merged, since
-    their changes stand or fall together. When a commit fails for a reason other than a lost
-    connection (a value the database refuses), the batch is written again unit group by unit
-    group, so only the offending group fails and its neighbours are stored.
+    A unit (core.units) is one piece of work: a request, a timer, a delivery. A row queued outside
+    any unit is a unit of its own. Units that touch the same keyed row are merged, since their
+    changes stand or fall together. When a commit fails for a reason other than a lost connection
+    (a value the database refuses), the batch is written again group by group (halving it until
+    the offending groups are found), so only they fail and their neighbours are stored.
     """
 
-    __slots__ = ("callbacks", "failed", "future", "groups", "insert_units", "inserts", "owners",
-                 "parent", "root_unit", "updates")
+    __slots__ = ("callbacks", "dependents", "failed", "future", "groups", "insert_units", "inserts",
+                 "on_refused", "owners", "parent", "refused_keys", "retried", "root_unit", "updates")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop | None):
         self.inserts: dict[sa.Table, dict[Any, dict[str, Any]] | list[dict[str, Any]]] = {}
         self.updates: dict[sa.Table, dict[Any, dict[str, Any]]] = {}
         self.callbacks: list[tuple[Any, Callable[[], Any]]] = []
-        self.future: asyncio.Future[None] = loop.create_future()
+        self.future: asyncio.Future[None] | None = loop.create_future() if loop is not None else None
         # unkeyed inserts: the unit of each row, in step with inserts[table]
         self.insert_units: dict[sa.Table, list[Any]] = {}
         # keyed inserts and updates: (table, key) -> the unit that first touched the row
@@ -105,6 +107,12 @@ class _Batch:
         self.failed: dict[Any, BaseException] = {}  # unit group root -> why its rows were refused
         self.groups: list[_Batch] | None = None  # set once the batch is written group by group
         self.root_unit: Any = None  # of a group: the unit its units were merged into
+        # keyed inserts: what to undo when the database refuses the row (forget the alarm, ...)
+        self.on_refused: dict[tuple[sa.Table, Any], Callable[[], Any]] = {}
+        # keyed inserts: units (of later batches) that acted on the row before it was stored
+        self.dependents: dict[tuple[sa.Table, Any], list[Unit]] = {}
+        self.refused_keys: list[tuple[sa.Table, Any]] = []  # the keyed inserts refused
+        self.retried = False  # a write failed on the connection: its COMMIT may have happened
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.callbacks)
@@ -124,7 +132,16 @@ class _Batch:
             if a is not b:
                 self.parent[b] = a
 
-    def split(self, loop: asyncio.AbstractEventLoop) -> list[_Batch]:
+    def units(self) -> set[Any]:
+        """Every unit with a row, a callback or a dependency in this batch."""
+        found = set(self.parent) | set(self.owners.values())
+        found.update(u for _, u in self.callbacks)
+        for us in self.insert_units.values():
+            found.update(us)
+        found.discard(None)
+        return found
+
+    def split(self) -> list[_Batch]:
         """One sub-batch per group of units, in the order the groups first queued a row."""
         groups: dict[Any, _Batch] = {}
 
@@ -132,7 +149,7 @@ class _Batch:
             r = self.root(unit)
             g = groups.get(r)
             if g is None:
-                g = groups[r] = _Batch(loop)
+                g = groups[r] = _Batch(None)
                 g.root_unit = r
             return g
 
@@ -149,6 +166,28 @@ class _Batch:
             for key, values in updates.items():
                 group(self.owners[(table, key)]).updates.setdefault(table, {})[key] = values
         return list(groups.values())
+
+    @staticmethod
+    def merged(groups: list[_Batch]) -> _Batch:
+        """The rows of several groups as one batch, to write them in one transaction."""
+        out = _Batch(None)
+        for g in groups:
+            for table, pending in g.inserts.items():
+                if isinstance(pending, dict):
+                    out.inserts.setdefault(table, {}).update(pending)  # type: ignore[union-attr]
+                else:
+                    out.inserts.setdefault(table, []).extend(pending)  # type: ignore[union-attr]
+            for table, updates in g.updates.items():
+                out.updates.setdefault(table, {}).update(updates)
+        return out
+
+    def first_key(self) -> tuple[sa.Table, Any] | None:
+        """A keyed row this batch inserts: present in the database only if the batch committed."""
+        for table in _ORDER:
+            pending = self.inserts.get(table)
+            if isinstance(pending, dict) and pending:
+                return table, next(iter(pending))
+        return None
 
 
 # Tables whose rows are updated later by primary key; their pending inserts are kept by key so
@@ -178,9 +217,10 @@ class Store:
         self._before_flush: list[Callable[[], Any]] = []
         self._lock: Any = None
         self._inflight: _Batch | None = None
-        # tasks whose rows the database refused, until their next commit() reports it
-        self._refused: weakref.WeakKeyDictionary[asyncio.Task[Any], BaseException] = weakref.WeakKeyDictionary()
         self.rows_refused = 0
+        # refused units still alive (their work may go on queueing rows after an await); weak, so
+        # a finished request leaves nothing behind, and the flush checks batches only while any live
+        self._refused_units: weakref.WeakSet[Unit] = weakref.WeakSet()
         self.batches_written = 0
         self.rows_written = 0
         # how long a read (with the commit it waits for) may take before it answers Unavailable
@@ -286,22 +326,46 @@ class Store:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+    def insert(self, table: sa.Table, row: dict[str, Any],
+               on_refused: Callable[[], Any] | None = None, *, shared: bool = False) -> None:
+        """Queue a new row. ``on_refused`` (keyed tables) runs on the loop if the database refuses
+        the row: the caller undoes what it did in memory, so memory never gets ahead of the store.
+        A ``shared`` row (a consolidated message many alarms join) belongs to no caller's unit:
+        one refused caller must not take it, and so every other caller, down with it."""
         batch = self._current()
-        unit = _unit()
+        unit = object() if shared else _unit()
         if table in _KEYED:
             rows = batch.inserts.setdefault(table, {})
             key = _key(table, row)
             rows[key] = row  # type: ignore[index]
             batch.own(table, key, unit)
+            if on_refused is not None:
+                batch.on_refused[(table, key)] = on_refused
         else:
             batch.inserts.setdefault(table, []).append(row)  # type: ignore[union-attr]
             batch.insert_units.setdefault(table, []).append(unit)
 
-    def update(self, table: sa.Table, key: Any, values: dict[str, Any]) -> None:
-        """Queue ``values`` for the row with primary key ``key``."""
+    def depend(self, table: sa.Table, key: Any) -> None:
+        """The current unit acts on a row that may not be stored yet (a duplicate raise answered
+        with an event another request is storing): if that row is refused, so is this unit."""
+        unit = units.current()
+        if unit is None:
+            return
         batch = self._current()
-        batch.own(table, key, _unit())
+        if (table, key) in batch.owners:
+            batch.own(table, key, unit)
+            return
+        inflight = self._inflight
+        if inflight is not None and (table, key) in inflight.owners:
+            inflight.dependents.setdefault((table, key), []).append(unit)
+
+    def update(self, table: sa.Table, key: Any, values: dict[str, Any], *, shared: bool = False) -> None:
+        """Queue ``values`` for the row with primary key ``key`` (``shared``: see insert)."""
+        batch = self._current()
+        if shared:
+            batch.owners.setdefault((table, key), object())
+        else:
+            batch.own(table, key, _unit())
         pending = batch.inserts.get(table)
         if pending is not None and key in pending:
             pending[key].update(values)  # type: ignore[call-overload]
@@ -320,7 +384,7 @@ class Store:
     def after_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` on the event loop once everything queued so far is committed; it is
         dropped (and logged) if the database refused the rows its caller queued."""
-        self._current().callbacks.append((_unit(), callback))
+        self._current().callbacks.append((units.current(), callback))
 
     async def commit(self, timeout: float | None = None) -> None:
         """Wait until everything queued so far is durable.
@@ -348,11 +412,9 @@ class Store:
                 except TimeoutError:
                     raise Unavailable("the database is not answering; the change is queued and will be "
                                       "stored when it returns") from None
-        task = asyncio.current_task()
-        if task is not None:
-            exc = self._refused.pop(task, None)
-            if exc is not None:
-                raise Refused(f"the database refused this change: {_reason(exc)}") from exc
+        unit = units.current()
+        if unit is not None and unit.refused is not None:
+            raise Refused(f"the database refused this change: {_reason(unit.refused)}") from unit.refused
 
     def touch(self) -> None:
         """Make sure a flush will run soon (for rows a before_flush callback will add)."""
@@ -363,7 +425,8 @@ class Store:
         assert batch is not None, "store not open"
         if not self._flushing:
             self._flushing = True
-            self._loop.call_soon(self._start_flush)  # type: ignore[union-attr]
+            # the flush (and the callbacks it runs) belongs to no caller's unit
+            self._loop.call_soon(self._start_flush, context=units.outside())  # type: ignore[union-attr]
         return batch
 
     def _start_flush(self) -> None:
@@ -381,6 +444,7 @@ class Store:
                     break
                 batch, self._batch = self._batch, _Batch(loop)
                 self._inflight = batch
+                self._drop_refused_work(batch)
                 while True:
                     try:
                         await loop.run_in_executor(self._writer, self._write, batch)
@@ -396,37 +460,81 @@ class Store:
                         if self.outage_since is None:
                             self.outage_since = datetime.now(UTC)
                         self.outage_error = str(exc.orig).strip().splitlines()[0][:300] if str(exc.orig) else ""
+                        batch.retried = True
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 10.0)
                     except Exception as exc:
                         log.exception("database write failed; every caller waiting on this batch gets the error")
+                        assert batch.future is not None
                         batch.future.set_exception(exc)
                         batch.future.exception()  # mark retrieved: shielded waiters re-raise it
                         break
                 self._inflight = None
+                assert batch.future is not None
                 if not batch.future.done():
-                    refused = self._report_refused(batch)
+                    self._settle_refused(batch)
                     batch.future.set_result(None)
                     for unit, cb in batch.callbacks:
-                        if refused and batch.root(unit) in batch.failed:
+                        if unit is not None and unit.refused is not None:
                             continue  # its rows are not stored: nothing may act as if they were
                         try:
-                            cb()
+                            contextvars.copy_context().run(cb)
                         except Exception:
                             log.exception("after-commit callback failed")
                 delay = 0.5
         finally:
             self._flushing = False
 
-    def _report_refused(self, batch: _Batch) -> bool:
-        """Hand each refused unit its error (commit() raises it) and say which rows were lost."""
+    def _drop_refused_work(self, batch: _Batch) -> None:
+        """Rows queued by work already refused in an earlier batch (it went on after an ``await``
+        before it learnt so) are dropped: they belong to a change that was never stored."""
+        if not self._refused_units:
+            return
+        stale = {}
+        for u in batch.units():
+            if isinstance(u, Unit) and u.refused is not None:
+                stale.setdefault(batch.root(u), u.refused)
+        if not stale:
+            return
+        groups = batch.split()
+        batch.groups = []
+        for g in groups:
+            if g.root_unit in stale:
+                batch.failed[g.root_unit] = stale[g.root_unit]
+                self._refuse_group(batch, g, "already refused")
+            else:
+                batch.groups.append(g)
+
+    def _settle_refused(self, batch: _Batch) -> None:
+        """Refuse every unit of a refused group (its commit() raises, its callbacks are skipped),
+        then let the owners of refused rows undo them in memory."""
         if not batch.failed:
-            return False
-        for unit in list(batch.parent) + [u for _, u in batch.callbacks] + list(batch.owners.values()) + [
-                u for units in batch.insert_units.values() for u in units]:
-            if isinstance(unit, asyncio.Task) and batch.root(unit) in batch.failed:
-                self._refused[unit] = batch.failed[batch.root(unit)]
-        return True
+            return
+        for u in batch.units():
+            if isinstance(u, Unit) and batch.root(u) in batch.failed:
+                u.refuse(batch.failed[batch.root(u)])
+                self._refused_units.add(u)
+        # alarms before their instances before their notifications: an undo may look at the others
+        for key in sorted(batch.refused_keys, key=lambda k: _ORDER.index(k[0])):
+            for dependent in batch.dependents.get(key, ()):
+                dependent.refuse(Refused(f"it depends on a {key[0].name} row the database refused"))
+                self._refused_units.add(dependent)
+            undo = batch.on_refused.get(key)
+            if undo is not None:
+                try:
+                    units.run_outside(undo)
+                except Exception:
+                    log.exception("undoing a refused %s row failed", key[0].name)
+
+    def _refuse_group(self, batch: _Batch, group: _Batch, why: str) -> None:
+        rows = sum(len(v) for v in group.inserts.values()) + sum(len(v) for v in group.updates.values())
+        self.rows_refused += rows
+        for table, pending in group.inserts.items():
+            if isinstance(pending, dict):
+                batch.refused_keys.extend((table, k) for k in pending)
+        tables = sorted({t.name for t in group.inserts} | {t.name for t in group.updates})
+        log.error("database refused %d row(s) (%s): %s; the rows beside them in the batch are stored",
+                  rows, ", ".join(tables), why)
 
     def _write(self, batch: _Batch) -> None:
         # The writer thread keeps one connection: a pool checkout per batch cost as much as the
@@ -436,6 +544,8 @@ class Store:
             conn = self._writer_conn = self.engine.connect()
         try:
             if batch.groups is None:
+                if batch.retried and self._committed(conn, batch):
+                    return
                 try:
                     self._write_rows(conn, batch)
                     return
@@ -456,50 +566,90 @@ class Store:
                 self._writer_conn = None
             raise
 
+    def _committed(self, conn: Connection, batch: _Batch) -> bool:
+        """After a lost connection, did the batch's COMMIT happen before the connection went?
+        A transaction is all or nothing, so one of its inserted rows answers for all of them;
+        writing it again would fail on its own keys and be taken for a refusal."""
+        probe = batch.first_key()
+        if probe is None:
+            return False  # updates only: writing them again is harmless
+        table, key = probe
+        pk = table.primary_key.columns.values()[0]
+        try:
+            found = conn.execute(sa.select(sa.literal(1)).select_from(table).where(pk == key)).first()
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+        if found is not None:
+            log.warning("a batch whose commit was cut off by the connection had been stored; not writing it again")
+        return found is not None
+
     def _split(self, conn: Connection, batch: _Batch, exc: BaseException) -> None:
         """A row the database refuses (a constraint, a value too long): the batch is written
         again group by group, so only the group holding that row fails."""
         if conn.in_transaction():
             conn.rollback()
-        assert self._loop is not None
-        batch.groups = batch.split(self._loop)
-        log.warning("database refused a batch of %d group(s) (%s); writing them one by one",
+        batch.groups = batch.split()
+        log.warning("database refused a batch of %d group(s) (%s); finding the refused ones",
                     len(batch.groups), _reason(exc))
 
+    def _try(self, conn: Connection, batch: _Batch) -> BaseException | None:
+        """Write ``batch`` in one transaction; the refusal, or None once stored. A lost connection
+        (or a database that is not working) raises: the whole batch is retried later."""
+        try:
+            self._write_rows(conn, batch)
+            return None
+        except sa.exc.OperationalError:
+            raise
+        except sa.exc.DBAPIError as exc:
+            if not _refusal(exc):
+                raise _Transient(exc) from exc
+            failure: BaseException = exc
+        except (ValueTooLong, TypeError, ValueError) as exc:
+            failure = exc
+        if conn.in_transaction():
+            conn.rollback()
+        return failure.with_traceback(None)
+
     def _write_groups(self, conn: Connection, batch: _Batch) -> None:
-        """Each group in its own transaction; a group that fails is tried again after the others
-        (it may need their rows), until a pass stores nothing more. A lost connection stops the
-        pass; the groups already stored are not written twice when the batch is retried."""
+        """Find the refused groups by halving: a half that is stored costs one transaction, so a
+        flood with one bad row takes a few dozen commits, not one per request. A group refused
+        alone is tried again after the others (it may need their rows), until a pass stores
+        nothing more. A lost connection stops the search; the groups already stored are taken
+        out of the batch, so a retry does not write them twice."""
         assert batch.groups is not None
-        progress = True
-        while batch.groups and progress:
-            progress = False
-            for group in list(batch.groups):
-                try:
-                    self._write_rows(conn, group)
-                except sa.exc.OperationalError:
-                    raise
-                except sa.exc.DBAPIError as exc:
-                    if not _refusal(exc):
-                        raise _Transient(exc) from exc
-                    if conn.in_transaction():
-                        conn.rollback()
-                    batch.failed[group.root_unit] = exc.with_traceback(None)
-                    continue
-                except (ValueTooLong, TypeError, ValueError) as exc:
-                    if conn.in_transaction():
-                        conn.rollback()
-                    batch.failed[group.root_unit] = exc.with_traceback(None)
-                    continue
-                batch.groups.remove(group)
-                batch.failed.pop(group.root_unit, None)
-                progress = True
+
+        def store(groups: list[_Batch]) -> list[_Batch]:
+            """Write what can be written; return the groups refused on their own."""
+            if not groups:
+                return []
+            if batch.retried:  # after a lost connection: skip groups whose commit went through
+                for g in [g for g in groups if self._committed(conn, g)]:
+                    groups.remove(g)
+                    batch.groups.remove(g)  # type: ignore[union-attr]
+                if not groups:
+                    return []
+            one = groups[0] if len(groups) == 1 else _Batch.merged(groups)
+            failure = self._try(conn, one)
+            if failure is None:
+                for g in groups:
+                    batch.groups.remove(g)  # type: ignore[union-attr]
+                    batch.failed.pop(g.root_unit, None)
+                return []
+            if len(groups) == 1:
+                batch.failed[groups[0].root_unit] = failure
+                return groups
+            mid = len(groups) // 2
+            return store(groups[:mid]) + store(groups[mid:])
+
+        refused = store(list(batch.groups))
+        while refused:
+            again = [g for g in refused if store([g])]
+            if len(again) == len(refused):
+                break
+            refused = again
         for group in batch.groups:
-            rows = sum(len(v) for v in group.inserts.values()) + sum(len(v) for v in group.updates.values())
-            self.rows_refused += rows
-            tables = sorted({t.name for t in group.inserts} | {t.name for t in group.updates})
-            log.error("database refused %d row(s) (%s): %s; the rows beside them in the batch are stored",
-                      rows, ", ".join(tables), _reason(batch.failed[group.root_unit]))
+            self._refuse_group(batch, group, _reason(batch.failed[group.root_unit]))
         batch.groups = []
 
     def _write_rows(self, conn: Connection, batch: _Batch) -> None:
@@ -586,11 +736,8 @@ class Store:
 
 
 def _unit() -> Any:
-    """Who is queueing a row: the current task, or None for a plain loop callback."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running loop (start-up code on another thread)
-        return None
+    """Who is queueing a row: the current unit of work, or (outside any) a unit of the row alone."""
+    return units.current() or object()
 
 
 def _reason(exc: BaseException) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from . import units
+
 log = logging.getLogger(__name__)
 
 
@@ -38,15 +40,17 @@ class Timers:
 
     def at(self, key: str, when: datetime, fn: Callable[..., Awaitable[Any] | Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the event loop at ``when``; replaces a timer with the same key."""
-        if not inspect.iscoroutinefunction(fn):
-            # APScheduler hands plain functions to a worker thread; everything here belongs to the loop
-            plain = fn
+        target = fn
 
-            async def on_loop(*a: Any) -> None:
-                plain(*a)
+        # APScheduler hands plain functions to a worker thread; everything here belongs to the
+        # loop. A timer firing is a unit of work of its own (not that of whoever set it).
+        async def on_loop(*a: Any) -> None:
+            with units.fresh(f"timer {key}"):
+                result = target(*a)
+                if inspect.isawaitable(result):
+                    await result
 
-            fn = on_loop
-        self.scheduler.add_job(fn, "date", run_date=when, args=args, id=key, replace_existing=True)
+        self.scheduler.add_job(on_loop, "date", run_date=when, args=args, id=key, replace_existing=True)
 
     def cancel(self, key: str) -> bool:
         try:

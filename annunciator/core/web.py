@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..tags.types import TagError, TagNotFound, TagReadOnly
-from . import http_limits
+from . import http_limits, units
 from .alarms import utcnow
 from .config import join_path
 from .errors import Conflict, Invalid, NotFound, Refused, Unavailable
@@ -173,6 +173,21 @@ async def _parse(request: Request, model: type[BaseModel], wrap: str | None = No
             fields.append({"path": path, "message": msg})
         summary = "; ".join(f"{f['path']}: {f['message']}" for f in fields)
         raise ApiError(422, f"invalid request: {summary}", fields)
+
+
+class UnitPerRequest:
+    """Each HTTP request (API, console, webhooks) is a unit of work of its own: if the database
+    refuses one of its rows, only its rows are refused and only it is answered with the error."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with units.fresh(f"{scope.get('method', '')} {scope.get('path', '')}"):
+            await self.app(scope, receive, send)
 
 
 async def _stored(gw: Gateway) -> None:
@@ -612,7 +627,8 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
     # plugin routes get the 64 KiB body limit too, unless they declared their own (limit_body)
     http_limits.guard_routes(routes, http_limits.BODY_LIMIT)
     app = Starlette(routes=routes, lifespan=lifespan)
-    # added first, so it runs inside BearerAuth: a caller without a token learns nothing more
+    app.add_middleware(UnitPerRequest)
+    # added before BearerAuth, so it runs inside it: a caller without a token learns nothing more
     app.add_middleware(http_limits.UrlGuard)
     app.add_middleware(BearerAuth, tokens=gw.config.gateway.api_tokens,
                        public_metrics=gw.config.gateway.public_metrics)

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from annunciator.core import http_limits
+from annunciator.core import http_limits, units
 
 from .runner import RunResult, Script, compile_or_error, run_script
 
@@ -82,6 +82,7 @@ class GatewayScripts:
         logger = logging.getLogger(f"annunciator.scripts.{label}")
         return {"system": self.system, "logger": logger, "print": _logging_print(logger), "__file__": filename}
 
+    @units.entry("script")
     async def run(self, label: str, s: ScriptSettings, where: str) -> RunResult:
         try:
             script = load_script(self.gateway.config, s, where)

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core import units
 from .types import GOOD
 
 if TYPE_CHECKING:
@@ -117,28 +118,32 @@ class TagAlarms:
         self._wake.set()
 
     async def _run(self) -> None:
-        from ..core.gateway import AlarmSpec
-
         while True:
             await self._wake.wait()
             self._wake.clear()
             dirty, self._dirty = self._dirty, {}
             for source, (alarm, value) in dirty.items():
                 try:
-                    event = self.gateway.current.get(source)
-                    if alarm.active and event is None:
-                        s = alarm.settings
-                        spec = AlarmSpec(source=source, name=s.name,
-                                         display_path=s.display_path or f"{alarm.path}/{s.name}",
-                                         label=s.label, priority=s.priority, event_value=value, notes=s.notes,
-                                         ack_mode=s.ack_mode, properties={**s.properties, "tagPath": alarm.path,
-                                                                          "setpoint": s.setpoint, "mode": s.mode},
-                                         pipelines=s.pipelines)
-                        await self.gateway.raise_alarms([spec])
-                        log.info("tag alarm %s active (value %r)", source, value)
-                    elif not alarm.active and event is not None:
-                        await self.gateway.clear_sources([source], None, f"tag value {value!r}")
-                        log.info("tag alarm %s cleared (value %r)", source, value)
+                    with units.fresh(f"tag alarm {source}"):
+                        await self._apply(source, alarm, value)
                 except Exception:
                     # one bad alarm (an unknown pipeline after a reload) must not stop the others
                     log.exception("tag alarm %s could not be raised or cleared", source)
+
+    async def _apply(self, source: str, alarm: Any, value: Any) -> None:
+        from ..core.gateway import AlarmSpec
+
+        event = self.gateway.current.get(source)
+        if alarm.active and event is None:
+            s = alarm.settings
+            spec = AlarmSpec(source=source, name=s.name,
+                             display_path=s.display_path or f"{alarm.path}/{s.name}",
+                             label=s.label, priority=s.priority, event_value=value, notes=s.notes,
+                             ack_mode=s.ack_mode, properties={**s.properties, "tagPath": alarm.path,
+                                                              "setpoint": s.setpoint, "mode": s.mode},
+                             pipelines=s.pipelines)
+            await self.gateway.raise_alarms([spec])
+            log.info("tag alarm %s active (value %r)", source, value)
+        elif not alarm.active and event is not None:
+            await self.gateway.clear_sources([source], None, f"tag value {value!r}")
+            log.info("tag alarm %s cleared (value %r)", source, value)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from annunciator.core import schema
+from annunciator.core import schema, units
 from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
 from annunciator.core.users import PinResult, User, check_pin, mask_pins
@@ -152,7 +152,8 @@ class ImapPoller:
             handled = []
             for uid, raw in messages:
                 try:
-                    await self.handle(raw)
+                    with units.fresh(f"IMAP message {uid!r}"):
+                        await self.handle(raw)
                 except Exception:
                     # a message that cannot be read (an unknown charset, say) is logged and marked
                     # seen, so it does not fail again on every poll and block the ones after it
