@@ -211,3 +211,23 @@ def test_provider_reporting_undelivered_triggers_the_next_channel(gateway_config
                for t in told["trace"])
     codes = [a["code"] for a in told["audit"]]
     assert "NotificationUndelivered" in codes and "ChannelFallback" in codes
+
+
+def test_a_long_retry_after_falls_back_at_once_instead_of_waiting_it_out(
+        gateway_config, pipeline_gateway, webhook_receiver, backup_receiver):
+    """A pager answering 429 "Retry-After: 3600" while the person has email: the page goes by
+    email now, not in an hour."""
+    channels(gateway_config, webhook_receiver, backup_receiver)
+    webhook_receiver.status = 429
+    webhook_receiver.headers = {"Retry-After": "3600"}
+    gw = pipeline_gateway({"page": {"blocks": [block(policy="fallback")]}})
+    event = raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped", displayPath="Plant/Pump 1")
+    started = time.monotonic()
+    [mail] = backup_receiver.wait_for(1, timeout=10)
+    assert time.monotonic() - started < 10
+    assert mail.json["contact"] == "maria@example.com"
+    assert len(webhook_receiver.requests) == 1  # one try on the pager, no waiting out the hour
+    told = wait_until(lambda: (s := story(gw, event["id"])) and
+                      {n["status"] for n in s["notifications"]} == {"failed", "sent"} and s)
+    pager = next(n for n in told["notifications"] if n["profile"] == "pager")
+    assert "asked to wait 3600s; falling back to mailer" in pager["lastError"]

@@ -371,3 +371,23 @@ def test_tag_alarms_beside_a_refused_one_are_stored_and_page(tmp_path, gateway_c
     finally:
         proc.stop()
 
+
+def test_a_profile_alarm_cleared_by_hand_while_the_profile_fails_is_raised_again(gateway_config, start_gateway,
+                                                                               webhook_receiver):
+    with WebhookReceiver() as ops:
+        gateway_config["profiles"]["ops"] = {"type": "webhook", "url": ops.url, "timeout": "5s"}
+        gateway_config["rosters"]["admins"] = ["sam"]
+        gateway_config["gateway"]["profile_alarms"] = {"after": "1s", "pipeline": "ops"}
+        gateway_config["pipelines"] = {"page": page(), "ops": page("ops", "admins")}
+        gw = start_gateway(gateway_config)
+        webhook_receiver.status = 503
+        gw.client.post("/api/alarms", json={"source": "plant/pump", "pipelines": {"active": "page"}})
+        first = wait_until(lambda: alarms(gw, "annunciator/profiles/hook"), what="the profile alarm")[0]
+        r = gw.client.post(f"/api/alarms/{first['id']}/clear", json={"notes": "looked at it"})
+        assert r.status_code == 200, r.text
+        again = wait_until(lambda: [e for e in alarms(gw, "annunciator/profiles/hook") if e["id"] != first["id"]],
+                           timeout=10, what="the profile alarm raised again")
+        assert again[0]["state"].startswith("Active")
+        webhook_receiver.status = 200
+        wait_until(lambda: not [e for e in alarms(gw, "annunciator/profiles/hook") if e["state"].startswith("Active")],
+                   timeout=20, what="the profile alarm cleared once the profile sends")

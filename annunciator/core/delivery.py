@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -187,7 +187,7 @@ class Delivery:
         new = Notification(profile=nxt.profile, user=n.user, message=n.message, events=n.events,
                            contact_type=nxt.contact_type, contact=nxt.contact, instance_id=n.instance_id,
                            pipeline=n.pipeline, block=n.block, chain=rest, chain_id=n.chain_id,
-                           batch_key=n.batch_key, expires_at=n.expires_at)
+                           batch_key=n.batch_key, expires_at=self._fallback_deadline(n))
         self._queue(new)
         origin.trace("fallback", f"{n.user.username} via {n.link} failed ({why}); trying {nxt} "
                                  f"[notification {new.id}]")
@@ -195,6 +195,15 @@ class Delivery:
                                   contact=nxt.contact, text=f"{n.link} failed: {why}; trying {nxt}",
                                   event_ids=n.event_ids, notification_id=new.id,
                                   details={"from": n.id, "chainId": n.chain_id})
+
+    def _fallback_deadline(self, n: Notification) -> datetime | None:
+        """A fallback keeps its chain's deadline, but gets a fair window of its own: the channel
+        before it may have used the deadline up waiting out a long Retry-After or an outage."""
+        if n.expires_at is None:
+            return None
+        retry = self.gateway.config.gateway.retry
+        floor = utcnow() + timedelta(seconds=min(retry.max_age, max(5 * retry.max_backoff, 60.0)))
+        return max(n.expires_at, floor)
 
     def sent(self, n: Notification) -> None:
         """Remember a notification the provider accepted, so its delivery report needs no read."""

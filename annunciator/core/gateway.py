@@ -298,6 +298,14 @@ class Gateway:
         now = utcnow()
         waiting = self.dispatcher.waiting_counts()
         for name, state in list(self.dispatcher.health.states.items()):
+            if name not in self.profiles:
+                # raised before a restart for a profile the config no longer has: nothing will
+                # ever send through it again, so nothing would ever clear it
+                event = self.events.get(state.alarm_event or "")
+                state.alarm_event = state.failing_since = None
+                if event is not None and event.active:
+                    await self.clear([event.id], SYSTEM_USER, f"profile {name} is no longer configured")
+                continue
             if state.failing_since is None:
                 if state.alarm_event is not None:
                     event = self.events.get(state.alarm_event)
@@ -312,10 +320,14 @@ class Gateway:
                     + (f"; last error: {state.last_error[:200]}" if state.last_error else ""))
             if state.alarm_event is not None:
                 event = self.events.get(state.alarm_event)
-                if event is not None and event.active and event.event_value != text:
-                    event.event_value = text  # the value follows what waits, as a tag alarm's does
-                    self._save_event(event)
-                continue
+                if event is not None and event.active:
+                    if event.event_value != text:
+                        event.event_value = text  # the value follows what waits, as a tag alarm's does
+                        self._save_event(event)
+                    continue
+                # cleared by hand (or refused by the database) while the profile still fails: the
+                # condition holds, so it is raised again, as a tag alarm would be
+                state.alarm_event = None
             if (now - state.failing_since).total_seconds() < settings.after:
                 continue
             if not waiting.get(name) and not state.given_up:

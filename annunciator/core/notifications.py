@@ -257,6 +257,15 @@ class Dispatcher:
                 return
             wait = result.retry_after if result.retry_after is not None else backoff(
                 n.attempts, self.retry.backoff, self.retry.max_backoff)
+            if n.chain and wait > self.retry.max_backoff:
+                # the provider asks for a longer pause than a page may wait while the person has
+                # another channel: fall back now instead of waiting it out
+                log.warning("notification %s: %s asks to wait %.0fs; falling back to %s",
+                            n.id, n.profile, wait, n.chain[0])
+                n.next_attempt_at = None
+                self._finish(n, FAILED, error=f"{result.error} (asked to wait {wait:.0f}s; falling back to "
+                                              f"{n.chain[0]})")
+                return
             # a floor: "Retry-After: 0" (or a profile failing without I/O) must not spin until max_age
             wait = max(wait, min(self.retry.backoff, 1.0), 0.05)
             if n.expires_at is not None:
