@@ -253,7 +253,9 @@ def test_messaging_service_carries_its_sid(sms_gw, twilio_emulator):
     raise_alarm(gw, "plant/a", "page", name="via the service")
     sms = tw.phone(MARIA).expect_sms(contains="via the service")
     assert sms.from_ in (n1, n2) and sms.messaging_service_sid == service
-    [create] = [r for r in tw.requests if r.method == "POST" and r.path.endswith("/Messages.json")]
+    # the phone can get the SMS a moment before the emulator records the request that sent it
+    [create] = tw.wait_until(lambda: [r for r in tw.requests if r.method == "POST"
+                                      and r.path.endswith("/Messages.json")], what="the create request")
     assert create.param("MessagingServiceSid") == service and create.param("From") is None
     # the reply comes back to the number the phone actually heard from, and acknowledges
     tw.phone(MARIA).reply("1234")
