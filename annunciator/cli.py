@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import logging
 import os
 import sys
 from datetime import UTC, datetime
@@ -14,47 +12,8 @@ from typing import Any
 import click
 import httpx
 
-from .core.config import Config, load_config
-from .core.errors import AlreadyRunning, ConfigError
-from .core.plugins import PluginManager, default_manager
-
-EXIT_CONFIG = 2
-DEFAULT_CONFIG = "annunciator.yaml"
-
-
-def _config_path(config: str | None) -> Path:
-    path = config or os.environ.get("ANNUNCIATOR_CONFIG") or DEFAULT_CONFIG
-    return Path(path)
-
-
-def _load(config: str | None, pm: PluginManager | None = None) -> tuple[Config, PluginManager]:
-    pm = pm or default_manager()
-    path = _config_path(config)
-    if config is None and not path.exists():
-        raise click.ClickException(
-            f"no config file: {path} (give one with -c, set ANNUNCIATOR_CONFIG, or try `annunciator demo`)")
-    try:
-        return load_config(path, pm.block_types(), pm.profile_types(), plugins=pm), pm
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_CONFIG)
-    except Exception as exc:
-        # load_config turns every problem it knows of into a ConfigError; anything else is a bug in
-        # a check, and still a message naming the file (exit 2, the config was not accepted), not a
-        # traceback in `check`, `run` or `demo`
-        what = f"{type(exc).__name__}: {exc}"
-        click.echo(f"{path}: internal error while loading the config: {what[:500]} "
-                   "(please report it, with the file if you can)", err=True)
-        sys.exit(EXIT_CONFIG)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-    # their INFO lines (every migration step, every timer added) drown what an operator needs
-    # (twilio logs every request and its headers at INFO)
-    for noisy in ("alembic", "apscheduler", "twilio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+from .core.plugins import default_manager
+from .launch import DEFAULT_CONFIG, config_path, load, serve, setup_logging
 
 
 @click.group()
@@ -68,39 +27,9 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True)
 def run(config: str | None, log_level: str) -> None:
     """Run the gateway: HTTP API, pipelines, notifications."""
-    _setup_logging(log_level)
-    cfg, pm = _load(config)
+    setup_logging(log_level)
+    cfg, pm = load(config)
     serve(cfg, pm)
-
-
-def serve(cfg: Config, pm: PluginManager, extra_routes: list[Any] | None = None) -> None:
-    import uvicorn
-
-    from .core.gateway import Gateway
-    from .core.web import build_app
-
-    # The gateway keeps every open event, instance and notification in memory; with CPython's
-    # default thresholds the collector re-walked them all often enough to add ~100 ms pauses to
-    # time-to-notify (bench/pipeline_throughput.py: steady p99 114 ms -> 31 ms). Young objects
-    # are still collected, just in larger steps.
-    gc.set_threshold(50_000, 20, 100)
-    gateway = Gateway(cfg, pm)
-    try:
-        gateway.store.lock()  # before serving anything: a second gateway must not even start
-    except AlreadyRunning as exc:
-        raise click.ClickException(str(exc))
-    app = build_app(gateway)
-    for route in extra_routes or []:
-        app.router.routes.append(route)
-    http = cfg.gateway.http
-    if cfg.gateway.external_url is None and http.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("annunciator").warning("serving on %s without TLS in front: use a reverse proxy", http.host)
-    # uvicorn's own "running on" line comes only once the port is bound (or says why not)
-    server = uvicorn.Server(uvicorn.Config(app, host=http.host, port=http.port, lifespan="on",
-                                           log_level="info", access_log=False))
-    server.run()
-    if not server.started:
-        sys.exit(3)
 
 
 @main.command()
@@ -108,7 +37,7 @@ def serve(cfg: Config, pm: PluginManager, extra_routes: list[Any] | None = None)
 def check(config: str | None) -> None:
     """Validate a config file; exit 2 naming the file, key path and what was expected; exit 1
     when it has stale parts the gateway would skip (an override that has expired)."""
-    cfg, _ = _load(config)
+    cfg, _ = load(config)
     s = cfg.settings
     for where, message in cfg.notices:
         click.echo(f"warning: {where}: {message}", err=True)
@@ -126,7 +55,7 @@ def check(config: str | None) -> None:
 @click.option("-c", "--config")
 def pipelines(config: str | None) -> None:
     """List the configured pipelines and their blocks."""
-    cfg, _ = _load(config)
+    cfg, _ = load(config)
     for p in cfg.pipelines.values():
         click.echo(f"{p.name}  (dropout: {', '.join(sorted(p.dropout)) or 'none'})"
                    + (f" - {p.description}" if p.description else ""))
@@ -189,9 +118,9 @@ def _api_options(fn: Any) -> Any:
 def _api(config: str | None, url: str | None, token: str | None) -> Api:
     """The gateway's API: URL and token as given, else from the config file."""
     if url is None or token is None:
-        path = _config_path(config)
+        path = config_path(config)
         if path.exists():
-            cfg, _ = _load(str(path))
+            cfg, _ = load(str(path))
             http = cfg.gateway.http
             url = url or f"http://{http.host}:{http.port}"
             token = token or (cfg.gateway.api_tokens[0] if cfg.gateway.api_tokens else None)
@@ -413,7 +342,7 @@ def twilio_emulator(port: int, account_sid: str | None, auth_token: str | None, 
 
     from .testing.twilio import DEFAULT_NUMBER, TwilioEmulator
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     tw = TwilioEmulator(account_sid=account_sid, auth_token=auth_token, numbers=numbers or (DEFAULT_NUMBER,),
                         sms_url=sms_url, step_delay=step_delay, port=port)
     with tw:
@@ -530,15 +459,15 @@ def oncall(when: str, tz: str | None, roster: str | None, as_json: bool, offline
         try:
             data = _api(config, url, token).call("GET", "/api/oncall", params=params)
         except Unreachable as exc:
-            if config is None and not _config_path(None).exists():
+            if config is None and not config_path(None).exists():
                 raise
-            click.echo(f"{exc.message}\ncomputed from {_config_path(config)} alone: "
+            click.echo(f"{exc.message}\ncomputed from {config_path(config)} alone: "
                        "overrides added at runtime are not included", err=True)
     if data is None:
         from .core.errors import NotFound
         from .core.oncall import OnCall
 
-        cfg, _ = _load(config)
+        cfg, _ = load(config)
         oc = OnCall(cfg)
         try:
             resolutions = [oc.resolve(roster, at)] if roster else oc.who(at)

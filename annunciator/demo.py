@@ -21,6 +21,7 @@ import click
 from . import hookimpl
 from .core.gateway import AlarmSpec, Gateway
 from .core.plugins import default_manager
+from .launch import load, serve, setup_logging
 
 DEMO_SOURCE = "plant/pump-1/fault"
 
@@ -105,9 +106,7 @@ class DemoPlugin:
 
 
 def run_demo(data_dir: Path, port: int) -> None:
-    from .cli import _load, _setup_logging, serve
-
-    _setup_logging("info")
+    setup_logging("info")
     logging.getLogger("annunciator.twilio_emulator").setLevel(logging.WARNING)  # the console shows each SMS
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "annunciator.yaml"
@@ -117,6 +116,6 @@ def run_demo(data_dir: Path, port: int) -> None:
     os.environ.setdefault("ANNUNCIATOR_DEMO_PORT", str(port))
     pm = default_manager()
     pm.register(DemoPlugin(), name="demo")
-    cfg, pm = _load(str(config), pm)
+    cfg, pm = load(str(config), pm)
     click.secho(f"annunciator demo: config {config}, database {cfg.database_url}", fg="cyan")
     serve(cfg, pm)

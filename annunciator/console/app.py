@@ -12,8 +12,7 @@ import asyncio
 import fnmatch
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from jinja2 import Environment, PackageLoader, select_autoescape
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -34,7 +32,8 @@ from annunciator.core.errors import Refused as StoreRefused
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, verify_password
 from .conversations import Conversations
-from .settings import ROLE_RANK, ConsoleSettings, ConsoleUser
+from .settings import ROLE_RANK, ConsoleSettings
+from .web import Ctx, Handler, Refused
 
 if TYPE_CHECKING:
     from annunciator.core.gateway import Gateway
@@ -54,44 +53,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-class Refused(Exception):
-    """A request the console answers with an error page (status, message)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-@dataclass
-class Ctx:
-    """One request as a page handler sees it."""
-
-    console: Console
-    request: Request
-    session: Session
-    username: str | None
-    user: ConsoleUser | None
-    form: FormData | None
-    nav: dict[str, Any] | None = None  # the Conversations link and its unread count (full pages only)
-
-    @property
-    def gw(self) -> Gateway:
-        return self.console.gw
-
-    def field(self, name: str, default: str = "", limit: int = 2000) -> str:
-        value = self.form.get(name, default) if self.form is not None else default
-        return str(value)[:limit] if isinstance(value, str) else default
-
-    def can(self, role: str) -> bool:
-        return self.user is not None and ROLE_RANK[self.user.role] >= ROLE_RANK[role]
-
-    def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
-        return HTMLResponse(self.console.render(template, ctx=self, **values), status)
-
-
-Handler = Callable[[Ctx], Awaitable[Response]]
 
 
 class Console:
@@ -399,7 +360,8 @@ class Console:
             page = 1
         rows = []
         for inst in live[(page - 1) * size: page * size]:
-            for b in inst.branches or [None]:
+            branches: list[Any] = list(inst.branches) or [None]
+            for b in branches:
                 block = inst.pipeline.blocks[b.block] if b is not None else None
                 rows.append({"inst": inst, "block": block.name if block else "",
                              "type": block.type_name if block else "",
@@ -505,7 +467,7 @@ class Console:
         since = utcnow() - timedelta(days=days - 1)
         m = schema.messages
 
-        def load(conn: sa.Connection) -> tuple[list[Any], list[Any]]:
+        def load(conn: sa.Connection) -> tuple[Sequence[Any], Sequence[Any]]:
             recent = conn.execute(sa.select(m.c.created, m.c.channel, m.c.direction, m.c.duration)
                                   .where(m.c.created >= since.replace(hour=0, minute=0, second=0, microsecond=0))
                                   .limit(500_000)).all()
@@ -604,10 +566,13 @@ def when(t: datetime | str | None) -> str:
         return ""
     if isinstance(t, str):
         try:
-            t = datetime.fromisoformat(t)
+            parsed = datetime.fromisoformat(t)
         except ValueError:
             return t
-    return t.strftime("%Y-%m-%d %H:%M:%S") + ("Z" if t.utcoffset() is not None and not t.utcoffset() else "")
+    else:
+        parsed = t
+    offset = parsed.utcoffset()
+    return parsed.strftime("%Y-%m-%d %H:%M:%S") + ("Z" if offset is not None and not offset else "")
 
 
 def bar_chart(points: list[tuple[str, int, int]], width: int = 640, height: int = 180) -> dict[str, Any]:

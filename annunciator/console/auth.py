@@ -66,7 +66,7 @@ class Sessions:
         if not cookie:
             return None
         try:
-            data = self.serializer.loads(cookie, max_age=self.lifetime)
+            data = self.serializer.loads(cookie, max_age=int(self.lifetime))
         except BadSignature:  # includes SignatureExpired
             return None
         if not isinstance(data, dict) or data.get("s") in self.revoked:

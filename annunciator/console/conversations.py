@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -33,10 +34,12 @@ from annunciator.core import schema
 from annunciator.core.config import normalize_phone
 from annunciator.core.errors import NotFound
 
+from .web import Ctx, Refused
+
 if TYPE_CHECKING:
     from annunciator.core.alarms import AlarmEvent
 
-    from .app import Console, Ctx
+    from .app import Console
 
 PREFIX = "/console"
 _NUMBER = re.compile(r"^\+?[0-9]{2,20}$")
@@ -118,8 +121,6 @@ class Conversations:
         return [(p, a) for p in await self.pools() if (a := self.access(ctx, p)) is not None]
 
     async def pool_for(self, ctx: Ctx, pool_id: str, *, write: bool = False, admin: bool = False) -> tuple[Pool, str]:
-        from .app import Refused
-
         pool = next((p for p in await self.pools() if p.id == pool_id), None)
         if pool is None:
             raise Refused(404, f"no sender pool {pool_id[:100]!r}")
@@ -135,8 +136,6 @@ class Conversations:
 
     @staticmethod
     def _number(raw: str) -> str:
-        from .app import Refused
-
         if not _NUMBER.match(raw):
             raise Refused(404, "not a phone number")
         return raw
@@ -153,7 +152,7 @@ class Conversations:
         m = schema.messages
         keys = {(p.account, p.name) for p, _ in visible}
 
-        def load(conn: sa.Connection) -> list[Any]:
+        def load(conn: sa.Connection) -> Sequence[Any]:
             return conn.execute(sa.select(m.c.account, m.c.pool, sa.func.count())
                                 .where(m.c.channel == "sms", m.c.direction == "in", m.c.read.is_(False),
                                        m.c.deleted.is_(False))
@@ -249,8 +248,6 @@ class Conversations:
 
     async def start(self, ctx: Ctx) -> Response:
         """The "new conversation" form: a typed number (validated, E.164) opens its conversation."""
-        from .app import Refused
-
         pool, _ = await self.pool_for(ctx, ctx.request.query_params.get("pool", "")[:200], write=True)
         raw = ctx.request.query_params.get("number", "")[:40]
         try:
@@ -422,7 +419,6 @@ class Conversations:
         from annunciator.plugins.twilio_sms.sender import send_sms
         from annunciator.plugins.twilio_sms.state import sms_state
 
-        from .app import Refused
 
         try:
             event = await self.gw.find_event(ctx.request.path_params["id"][:100])

@@ -73,6 +73,8 @@ class NotificationBlock(Block):
     type_name = "notification"
     description = "notify a roster through one or more profiles, then go on"
 
+    settings: Settings
+
     class Settings(_NotifySettings):
         roster: str
         consolidation: ConsolidationSettings | None = None
@@ -127,6 +129,8 @@ class DelayBlock(Block):
     type_name = "delay"
     description = "wait, then go on"
 
+    settings: Settings
+
     class Settings(BlockSettings):
         delay: Duration
 
@@ -149,6 +153,8 @@ class SplitterBlock(Block):
     type_name = "splitter"
     description = "fan out to several blocks at once"
 
+    settings: Settings
+
     class Settings(BlockSettings):
         outputs: list[str] = Field(min_length=1)
 
@@ -164,6 +170,8 @@ class SwitchBlock(Block):
 
     type_name = "switch"
     description = "route by an expression's value"
+
+    settings: Settings
 
     class Settings(BlockSettings):
         expression: ExpressionText
@@ -191,6 +199,8 @@ class ExpressionBlock(Block):
     type_name = "expression"
     description = "go on when an expression is true"
 
+    settings: Settings
+
     class Settings(BlockSettings):
         expression: ExpressionText
         true: str | None = None
@@ -214,6 +224,8 @@ class SetPropertyBlock(Block):
     type_name = "set-property"
     description = "set a runtime property from an expression"
 
+    settings: Settings
+
     class Settings(BlockSettings):
         property: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
         expression: ExpressionText
@@ -233,6 +245,8 @@ class JumpBlock(Block):
 
     type_name = "jump"
     description = "move the event to another pipeline"
+
+    settings: Settings
 
     class Settings(BlockSettings):
         pipeline: str
@@ -263,6 +277,8 @@ class EscalateBlock(Block):
 
     type_name = "escalate"
     description = "notify tiers in turn until someone acknowledges"
+
+    settings: Settings
 
     class Settings(_NotifySettings):
         tiers: list[Tier] = Field(min_length=1)

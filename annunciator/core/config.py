@@ -984,11 +984,11 @@ def _check_references(config: Config) -> list[tuple[str, str]]:
                 problems.append((f"rosters.{roster}{suffix}",
                                  f"unknown user {user!r}; known users: {installed(s.users)}"))
     ids: dict[int, str] = {}
-    for name, user in s.users.items():
-        if user.id is not None:
-            if user.id in ids:
-                problems.append((f"users.{name}.id", f"id {user.id} is already used by {ids[user.id]!r}"))
-            ids[user.id] = name
+    for name, settings in s.users.items():
+        if settings.id is not None:
+            if settings.id in ids:
+                problems.append((f"users.{name}.id", f"id {settings.id} is already used by {ids[settings.id]!r}"))
+            ids[settings.id] = name
     for path, tag in s.tags.items():
         for i, tag_alarm in enumerate(tag.alarms):
             for transition, pipeline in tag_alarm.pipelines.items():

@@ -243,8 +243,8 @@ class Engine:
                 return
             elif isinstance(outcome, Fork):
                 self.trace(inst, br, "leave", why)
-                targets = [pipeline.resolve(block, t) for t in outcome.targets]
-                targets = [t for t in targets if t is not None]
+                resolved = [pipeline.resolve(block, t) for t in outcome.targets]
+                targets = [t for t in resolved if t is not None]
                 if not targets:
                     self._drop_branch(inst, br, why)
                     return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import heapq
 import inspect
 import logging
@@ -218,7 +219,7 @@ class Gateway:
         """Load open events, shelves, running pipeline instances and unsent notifications."""
         now = utcnow()
 
-        def load(conn: sa.Connection) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        def load(conn: sa.Connection) -> tuple[list[Any], list[Any], list[Any], list[Any], int]:
             inst = [dict(r._mapping) for r in conn.execute(
                 sa.select(schema.pipeline_instances).where(schema.pipeline_instances.c.status == "running"))]
             ids = {r["event_id"] for r in inst}
@@ -251,9 +252,9 @@ class Gateway:
             if row["expires_at"] > now:
                 self.timers.at(f"shelf:{row['source']}", row["expires_at"], self._shelf_expired, row["source"])
         for row in instances:
-            event = self.events.get(row["event_id"])
-            if event is not None:
-                self.engine.restore(row, event)
+            owner = self.events.get(row["event_id"])
+            if owner is not None:
+                self.engine.restore(row, owner)
         for row in pending:
             user = self.users.get(row["username"])
             evs = [i for i in row["event_ids"] if i in self.events]
@@ -443,7 +444,7 @@ class Gateway:
             self.events[event.id] = event
             self.current[event.source] = event
             self.store.insert(schema.alarm_events, _event_row(event),
-                              on_refused=lambda e=event: self.forget_unstored([e]))
+                              on_refused=functools.partial(self.forget_unstored, [event]))
             self._journal(event, Transition.ACTIVE, None, event.notes)
             if event.acknowledged:
                 self._journal(event, Transition.ACKNOWLEDGED, SYSTEM_USER, "ack mode unused")
@@ -685,7 +686,7 @@ class Gateway:
         for impl in reversed(hook.get_hookimpls()):
             if impl.hookwrapper or impl.wrapper:
                 continue
-            chosen = impl.function(*[kwargs[a] for a in impl.argnames])
+            chosen: Any = impl.function(*[kwargs[a] for a in impl.argnames])
             if chosen is None:
                 continue
             names = [u.username if isinstance(u, User) else str(u) for u in chosen]

@@ -84,9 +84,15 @@ Outcome = Next | Fork | Wait | Jump | Stop
 class BlockContext(Protocol):
     """What a block sees of the running instance and the gateway."""
 
-    event: AlarmEvent
-    properties: dict[str, Any]
-    gateway: Any  # the Gateway (users, profiles) for blocks that need more than the calls below
+    @property
+    def event(self) -> AlarmEvent: ...
+
+    @property
+    def properties(self) -> dict[str, Any]: ...
+
+    @property
+    def gateway(self) -> Any:
+        """The Gateway (users, profiles) for blocks that need more than the calls below."""
 
     def values(self) -> dict[str, Any]:
         """Event template values overlaid with runtime properties."""

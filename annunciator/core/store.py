@@ -157,7 +157,7 @@ class _Batch:
             if isinstance(pending, dict):
                 for key, row in pending.items():
                     g = group(self.owners[(table, key)])
-                    g.inserts.setdefault(table, {})[key] = row  # type: ignore[index]
+                    g.inserts.setdefault(table, {})[key] = row
             else:
                 for unit, row in zip(self.insert_units[table], pending, strict=True):
                     g = group(unit)
@@ -337,7 +337,7 @@ class Store:
         if table in _KEYED:
             rows = batch.inserts.setdefault(table, {})
             key = _key(table, row)
-            rows[key] = row  # type: ignore[index]
+            rows[key] = row
             batch.own(table, key, unit)
             if on_refused is not None:
                 batch.on_refused[(table, key)] = on_refused
@@ -368,7 +368,7 @@ class Store:
             batch.own(table, key, _unit())
         pending = batch.inserts.get(table)
         if pending is not None and key in pending:
-            pending[key].update(values)  # type: ignore[call-overload]
+            pending[key].update(values)
             return
         batch.updates.setdefault(table, {}).setdefault(key, {}).update(values)
 
@@ -402,7 +402,7 @@ class Store:
         self._run_before_flush()
         batch = self._current()
         target = batch if batch else self._inflight
-        if target is not None:
+        if target is not None and target.future is not None:
             if timeout is None:
                 await asyncio.shield(target.future)
             else:
@@ -490,7 +490,7 @@ class Store:
         before it learnt so) are dropped: they belong to a change that was never stored."""
         if not self._refused_units:
             return
-        stale = {}
+        stale: dict[Any, BaseException] = {}
         for u in batch.units():
             if isinstance(u, Unit) and u.refused is not None:
                 stale.setdefault(batch.root(u), u.refused)
@@ -677,7 +677,7 @@ class Store:
         if plan is None:
             dialect = self.engine.dialect
             compiled = table.insert().compile(dialect=dialect, column_keys=list(cols))
-            order = list(compiled.positiontup) if compiled.positional else list(cols)
+            order = list(compiled.positiontup or ()) if compiled.positional else list(cols)
             procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in order]
             limits = _limits(table, order)
             plan = self._plans[(table, cols)] = (compiled.string, order, procs, compiled.positional, limits)

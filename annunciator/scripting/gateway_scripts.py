@@ -158,8 +158,7 @@ async def run_posted(gw: Gateway, request: Request) -> Response:
         return JSONResponse({"error": f'expected {{"source": TEXT, "filename": NAME}}: {exc}'}, 422)
     # NUL cannot be compiled, a lone surrogate not be encoded: the same normalising as the API
     source, filename = http_limits.normalise(source, []), http_limits.normalise(filename, [])
-    from .plugin import scripting_system
-    from .runner import record_error
+    from .runner import record_error, scripting_system
 
     filename = Path(filename).name or "<console>"  # a name for tracebacks, never a path to open
     script, failed = compile_or_error(source, filename)

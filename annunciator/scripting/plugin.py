@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import model_validator
@@ -16,7 +15,7 @@ from annunciator.core.pipeline import END, Block, BlockSettings, Next
 
 from .gateway_scripts import GatewayScripts, check_scripts, script_routes
 from .namespaces import AlarmFunctions, TagFunctions, UtilFunctions
-from .runner import ERRORS_TAG, LAST_ERROR_TAG, Bridge, Script, build_system, run_script
+from .runner import ERRORS_TAG, LAST_ERROR_TAG, Bridge, Script, run_script, scripting_system
 
 if TYPE_CHECKING:
     from annunciator.core.gateway import Gateway
@@ -31,6 +30,8 @@ class ScriptBlock(Block):
 
     type_name = "script"
     description = "run a Python script"
+
+    settings: Settings
 
     class Settings(BlockSettings):
         script: str | None = None
@@ -51,7 +52,7 @@ class ScriptBlock(Block):
         try:
             if s.code:
                 self._compiled = Script.compile(s.code, f"<{self.pipeline}.{self.name}>")
-            elif config is not None:
+            elif config is not None and s.script is not None:
                 path = config.resolve(config.gateway.scripts_dir) / s.script
                 if not path.is_file():
                     return [("script", f"no such script file: {path}")]
@@ -80,15 +81,6 @@ class ScriptBlock(Block):
         if result.error and result.error.startswith("timed out"):
             return Next(self.settings.error, why=f"script {result.error}")
         return Next(self.settings.error, why=f"script error: {result.where}: {result.error}")
-
-
-def scripting_system(gw: Gateway) -> SimpleNamespace:
-    """The gateway's ``system`` object, built once."""
-    system = getattr(gw, "_scripting_system", None)
-    if system is None:
-        system = build_system(gw)
-        gw._scripting_system = system  # type: ignore[attr-defined]
-    return system
 
 
 @hookimpl

@@ -12,6 +12,7 @@ import linecache
 import logging
 import sys
 import traceback
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,18 @@ class Bridge:
         if running is self.loop:
             raise RuntimeError("system.* functions are for scripts, which run off the gateway loop")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)  # type: ignore[arg-type]
+
+
+# one ``system`` per gateway, kept here rather than as an attribute set on the gateway from outside
+_SYSTEMS: weakref.WeakKeyDictionary[Any, SimpleNamespace] = weakref.WeakKeyDictionary()
+
+
+def scripting_system(gateway: Gateway) -> SimpleNamespace:
+    """The gateway's ``system`` object, built once."""
+    system = _SYSTEMS.get(gateway)
+    if system is None:
+        system = _SYSTEMS[gateway] = build_system(gateway)
+    return system
 
 
 def build_system(gateway: Gateway) -> SimpleNamespace:

@@ -119,5 +119,5 @@ class TagCollector:
 def render(tags: TagProvider) -> bytes:
     """The exposition text for every tag."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TagCollector(tags))  # type: ignore[arg-type]
+    registry.register(TagCollector(tags))
     return generate_latest(registry)

@@ -103,10 +103,10 @@ class ImapPoller:
             typ, _ = conn.select(_quote(self.settings.mailbox))
             if typ != "OK":
                 raise imaplib.IMAP4.error(f"cannot open mailbox {self.settings.mailbox!r}")
-            _, data = conn.uid("SEARCH", None, "UNSEEN")
+            _, data = conn.uid("SEARCH", "UNSEEN")
             out = []
             for uid in (data[0] or b"").split():
-                _, parts = conn.uid("FETCH", uid, "(BODY.PEEK[])")
+                _, parts = conn.uid("FETCH", uid.decode(), "(BODY.PEEK[])")
                 raw = next((p[1] for p in parts if isinstance(p, tuple)), None)
                 if raw is not None:
                     out.append((uid, raw))
@@ -118,7 +118,7 @@ class ImapPoller:
         conn = self._connect()
         try:
             conn.select(_quote(self.settings.mailbox))
-            conn.uid("STORE", b",".join(uids), "+FLAGS", "(\\Seen)")
+            conn.uid("STORE", b",".join(uids).decode(), "+FLAGS", "(\\Seen)")
         finally:
             _logout(conn)
 
@@ -179,7 +179,7 @@ class ImapPoller:
     async def handle(self, raw: bytes) -> str:
         """Act on one reply; returns what happened (also written to the audit log)."""
         gw = self.gateway
-        msg: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[assignment]
+        msg: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
         sender = parseaddr(str(msg.get("From", "")))[1].lower()
         auto = str(msg.get("Auto-Submitted", "no")).strip().lower()
         line = first_line(msg)
@@ -187,7 +187,8 @@ class ImapPoller:
         match = _ACK.match(line)
         pin = match.group("pin") if match else None
         shown = mask_pins(line)  # a PIN is never stored, whatever shape the reply has
-        base = {"user": user.username if user else None, "channel": self.profile.name, "contact": sender}
+        base: dict[str, Any] = {"user": user.username if user else None, "channel": self.profile.name,
+                                "contact": sender}
         if auto != "no":
             return self._outcome("EmailReplyIgnored", base, f"automatic reply ({auto}) ignored")
         if user is None:

@@ -51,7 +51,7 @@ def make_token(secret: bytes, user: str, event_ids: list[str], profile: str) -> 
 def read_token(secret: bytes, token: str, max_age: float) -> AckClaim:
     """Verify signature and age; raise TokenError saying which failed."""
     try:
-        data, ts = _serializer(secret).loads(token, max_age=max_age, return_timestamp=True)
+        data, ts = _serializer(secret).loads(token, max_age=int(max_age), return_timestamp=True)
     except SignatureExpired as exc:
         raise TokenError("This link has expired.") from exc
     except BadSignature as exc:

@@ -47,7 +47,7 @@ class AsyncRebasedHttpClient(AsyncTwilioHttpClient):
         super().__init__(**kwargs)
         self.api_base = api_base
 
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
+    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         target = rebase(url, self.api_base)
         if kwargs.get("timeout") is None and self.timeout:
             kwargs["timeout"] = self.timeout  # the library passes only a per-call timeout to aiohttp

@@ -7,6 +7,7 @@ from typing import Any
 from annunciator import hookimpl
 from annunciator.core.config import Config
 
+from .pin_sessions import pin_sessions
 from .settings import TwilioSettings
 from .stats import twilio_stats
 
@@ -57,3 +58,4 @@ def annunciator_register_tags(gateway: Any, tags: Any) -> None:
 @hookimpl
 async def annunciator_startup(gateway: Any) -> None:
     await twilio_stats(gateway).load()
+    await pin_sessions(gateway).load()

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from twilio.request_validator import RequestValidator
@@ -25,6 +26,21 @@ log = logging.getLogger(__name__)
 
 EMULATED_NUMBER = "+15005550006"  # Twilio's "always succeeds" test number: a familiar default
 
+EMULATOR_ENTRY_POINTS = "annunciator.twilio_emulator"
+
+
+def emulator_class() -> Any:
+    """The Twilio emulator an account without credentials runs on (the demo, a first try).
+
+    Found through the ``annunciator.twilio_emulator`` entry point group, so production code never
+    imports the test harness that ships it; another package can offer its own. The built-in one is
+    ``annunciator.testing.twilio:TwilioEmulator``."""
+    found = sorted(entry_points(group=EMULATOR_ENTRY_POINTS), key=lambda ep: (ep.name != "builtin", ep.name))
+    if not found:
+        raise RuntimeError("a Twilio account has no credentials and no Twilio emulator is installed "
+                           f"(entry point group {EMULATOR_ENTRY_POINTS}); set account_sid and auth_token")
+    return found[0].load()
+
 
 @dataclass
 class TwilioAccount:
@@ -36,7 +52,7 @@ class TwilioAccount:
     numbers: list[str] = field(default_factory=list)
     client: Client | None = None
     validator: RequestValidator | None = None
-    emulator: Any = None  # annunciator.testing.twilio.TwilioEmulator when emulated
+    emulator: Any = None  # the emulator (see emulator_class) when emulated
     _next_free: dict[str, float] = field(default_factory=dict)
     _rr: int = 0
 
@@ -54,7 +70,7 @@ class TwilioAccount:
             raise LookupError(f"Twilio account {self.name} has no sender numbers"
                               + (f" in pool {pool}" if pool else ""))
         if sticky in numbers:
-            return sticky  # type: ignore[return-value]
+            return sticky
         self._rr += 1
         return numbers[self._rr % len(numbers)]
 
@@ -100,10 +116,8 @@ class TwilioService:
             self._started = True
 
     def _start_emulator(self, account: TwilioAccount) -> None:
-        from annunciator.testing.twilio import TwilioEmulator
-
         numbers = account.numbers or [EMULATED_NUMBER]
-        emulator = TwilioEmulator(numbers=numbers, sms_url=self.webhook_url("/twilio/sms"))
+        emulator = emulator_class()(numbers=numbers, sms_url=self.webhook_url("/twilio/sms"))
         emulator.start()
         account.emulator = emulator
         account.numbers = list(numbers)
@@ -116,7 +130,7 @@ class TwilioService:
     async def stop(self) -> None:
         for account in self.accounts.values():
             if account.client is not None:
-                await account.client.http_client.close()  # type: ignore[union-attr]
+                await account.client.http_client.close()
             if account.emulator is not None:
                 account.emulator.stop()
         self.accounts.clear()

@@ -106,5 +106,5 @@ def country_of(number: str) -> str:
     if region and region != "ZZ":
         return region
     # fictional numbers have no region; report the country code's main region as Twilio would
-    return phonenumbers.region_code_for_country_code(parsed.country_code) or ""
+    return phonenumbers.region_code_for_country_code(parsed.country_code or 0) or ""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,7 @@ class TwilioStats:
             return
         m = schema.messages
 
-        def read(conn: sa.Connection) -> list[Any]:
+        def read(conn: sa.Connection) -> Sequence[Any]:
             # (duration + 59) / 60 is integer division on SQLite and PostgreSQL alike: minutes per call
             minutes = sa.func.coalesce(sa.func.sum((m.c.duration + 59) / 60), 0)
             return conn.execute(sa.select(m.c.channel, m.c.direction, m.c.username, sa.func.count(), minutes)

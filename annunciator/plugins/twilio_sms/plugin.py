@@ -38,7 +38,7 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
     and about a number several people share (their replies are told apart by PIN)."""
     owners: dict[str, list[str]] = {}
     for name, us in config.settings.users.items():
-        for number in {*us.contacts.get("sms", []), *us.contacts.get("phone", [])}:  # type: ignore[misc]
+        for number in {*us.contacts.get("sms", []), *us.contacts.get("phone", [])}:
             owners.setdefault(number, []).append(name)
     for number, names in owners.items():
         if len(names) > 1:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from annunciator.core import schema
 from annunciator.core.alarms import new_id, utcnow
+from annunciator.plugins.twilio.pin_sessions import pin_sessions
 from annunciator.plugins.twilio.stats import twilio_stats
 
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ class Latest:
 class SmsState:
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
+        self.pins = pin_sessions(gateway)  # shared with voice calls
         self.opted: dict[tuple[str, str], bool] = {}  # (number, scope) -> opted out now
-        self.sessions: dict[str, datetime] = {}  # username -> PIN session end
         self.greeted: set[tuple[str, str]] = set()  # (pool key, number) that had a first message
         self.last_sender: dict[str, str] = {}  # their number -> our number it last heard from
         self.latest: dict[str, Latest] = {}
@@ -49,7 +50,8 @@ class SmsState:
     async def load(self) -> None:
         if self.loaded:
             return
-        m, o, ps, n = schema.messages, schema.opt_outs, schema.pin_sessions, schema.notifications
+        await self.pins.load()
+        m, o, n = schema.messages, schema.opt_outs, schema.notifications
 
         newest = (sa.select(m.c.username, sa.func.max(m.c.created).label("created"))
                   .where(m.c.direction == "out", m.c.channel == "sms", m.c.notification_id.is_not(None))
@@ -58,7 +60,6 @@ class SmsState:
         def read(conn: sa.Connection) -> dict[str, Any]:
             return {
                 "opt": conn.execute(sa.select(o.c.number, o.c.scope, o.c.active)).all(),
-                "sessions": conn.execute(sa.select(ps.c.username, ps.c.expires)).all(),
                 "pairs": conn.execute(sa.select(m.c.pool, m.c.account, m.c.their_number, m.c.our_number,
                                                 sa.func.max(m.c.created))
                                       .where(m.c.direction == "out", m.c.channel == "sms")
@@ -79,7 +80,6 @@ class SmsState:
 
         data = await self.gateway.store.read(read)
         self.opted = {(num, scope): active for num, scope, active in data["opt"]}
-        self.sessions = dict(data["sessions"])
         for pool, account, their, our, _ in sorted(data["pairs"], key=lambda r: r[4]):
             self.greeted.add((pool_key(account, pool), their))
             self.last_sender[their] = our
@@ -115,16 +115,10 @@ class SmsState:
     # --- PIN sessions ---------------------------------------------------------------------
 
     def in_session(self, username: str) -> bool:
-        end = self.sessions.get(username)
-        return end is not None and end > utcnow()
+        return self.pins.active(username)
 
     def open_session(self, username: str, length: float) -> None:
-        end = utcnow() + timedelta(seconds=length)
-        if username in self.sessions:
-            self.gateway.store.update(schema.pin_sessions, username, {"expires": end})
-        else:
-            self.gateway.store.insert(schema.pin_sessions, {"username": username, "expires": end})
-        self.sessions[username] = end
+        self.pins.open(username, length)
 
     # --- conversations --------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from annunciator.core.alarms import AlarmEvent, new_id
 from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
 from annunciator.core.users import PinResult, User, check_pin
+from annunciator.plugins.twilio.pin_sessions import pin_sessions
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.webhooks import verified_form
 
@@ -349,18 +350,12 @@ class VoiceFlow:
     def _in_pin_session(self, profile: TwilioVoiceProfile, username: str) -> bool:
         if profile.voice.pin_session <= 0:
             return False
-        try:
-            from annunciator.plugins.twilio_sms.state import sms_state
-        except ImportError:  # pragma: no cover - the SMS plugin ships in the same package
-            return False
-        return sms_state(self.gateway).in_session(username)
+        return pin_sessions(self.gateway).active(username)
 
     def _open_pin_session(self, profile: TwilioVoiceProfile, username: str) -> None:
         if profile.voice.pin_session <= 0:
             return
-        from annunciator.plugins.twilio_sms.state import sms_state
-
-        sms_state(self.gateway).open_session(username, profile.voice.pin_session)
+        pin_sessions(self.gateway).open(username, profile.voice.pin_session)
 
     async def _pin(self, profile: TwilioVoiceProfile, speaker: Speaker, session: CallSession,
                    params: dict[str, str]) -> str:
@@ -382,7 +377,7 @@ class VoiceFlow:
         result = check_pin(user, self.gateway.secret, digits, max_failures=s.pin_failures,
                            lockout=timedelta(seconds=s.pin_lockout))
         self.gateway.save_user(user)
-        audit = {"user": user.username, "contact": session.their_number, "channel": session.profile,
+        audit: dict[str, Any] = {"user": user.username, "contact": session.their_number, "channel": session.profile,
                  "event_ids": list(session.event_ids), "notification_id": session.notification_id}
         if result == PinResult.OK:
             session.authenticated = True
@@ -534,7 +529,7 @@ class VoiceFlow:
                      "user": session.username, "callId": session.id, "message": session.message}
         extra: dict[str, Any] = {"logger": logging.getLogger(f"annunciator.scripts.voice.{profile.name}")}
         try:
-            from annunciator.scripting.plugin import scripting_system
+            from annunciator.scripting.runner import scripting_system
 
             extra["system"] = scripting_system(self.gateway)
         except Exception:  # pragma: no cover - scripting disabled: the script still runs without system

@@ -77,7 +77,7 @@ class CallSlots:
                 if free:
                     number = prefer if prefer in free else min(free, key=lambda n: self.active[n])
                     self.active[number] += 1
-                    return number  # type: ignore[return-value]
+                    return number
                 await self._cond.wait()
 
     async def release(self, number: str) -> None:

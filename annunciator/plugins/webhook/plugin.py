@@ -50,7 +50,7 @@ class WebhookProfile(NotificationProfile):
         s: WebhookSettings = self.settings  # type: ignore[assignment]
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=s.timeout),
-            connector=aiohttp.TCPConnector(limit=100, ssl=None if s.verify_tls else False),
+            connector=aiohttp.TCPConnector(limit=100, ssl=bool(s.verify_tls)),
             json_serialize=json.dumps,
         )
 

@@ -119,8 +119,9 @@ class Call:
     def expect_say(self, contains: str, *, timeout: float = 5.0) -> str:
         """The first ``<Say>`` text heard that contains ``contains``; AssertionError listing what was said."""
         try:
-            return self.emulator.wait_until(
-                lambda: next((s for s in self.says if contains in s), None), timeout, "say")
+            said: str = self.emulator.wait_until(
+                lambda: next((s for s in self.says if contains in s), ""), timeout, "say")
+            return said
         except AssertionError:
             raise AssertionError(f"call {self.sid} never said {contains!r} within {timeout:g}s; "
                                  f"it said {self.says!r} (status {self.status})") from None

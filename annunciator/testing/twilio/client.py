@@ -84,7 +84,7 @@ class RebasedHttpClient(TwilioHttpClient):
         self.api_base = api_base
         self.last_response: Response | None = None
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         target = rebase(url, self.api_base)
         response = super().request(method, target, *args, **kwargs)
         # TwilioRestException carries no headers; Retry-After of a 429 is read from here
@@ -101,7 +101,7 @@ class AsyncRebasedHttpClient(AsyncTwilioHttpClient):
         self.api_base = api_base
         self.last_response: Response | None = None
 
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
+    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         target = rebase(url, self.api_base)
         if kwargs.get("timeout") is None and self.timeout:
             # the async client hands only the per-call timeout to aiohttp (a number is fine there)

@@ -108,7 +108,7 @@ class TwilioEmulator:
         self.host = host
         self.port = port
         self._requested_port = port
-        self._initial = {"numbers": list(numbers), "sms_url": sms_url, "step_delay": step_delay,
+        self._initial: dict[str, Any] = {"numbers": list(numbers), "sms_url": sms_url, "step_delay": step_delay,
                          "api_keys": dict(api_keys or {}), "strict_numbers": strict_numbers,
                          "opt_out_replies": opt_out_replies}
         self.faults = Faults()
