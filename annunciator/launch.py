@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
-from .core.config import Config, load_config
+from .core.config import Config
 from .core.errors import AlreadyRunning, ConfigError
+from .core.loader import load_config
 from .core.plugins import PluginManager, default_manager
 
 EXIT_CONFIG = 2

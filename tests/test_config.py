@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from annunciator.core.config import load_config
 from annunciator.core.errors import ConfigError
+from annunciator.core.loader import load_config
 from annunciator.core.plugins import default_manager
 
 BLOCK_TYPES = "delay, escalate, expression, jump, notification, script, set-property, splitter, switch"

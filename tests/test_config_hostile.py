@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from annunciator.cli import main
-from annunciator.core.config import MAX_CONFIG_DEPTH, load_config
+from annunciator.core.config import MAX_CONFIG_DEPTH
 from annunciator.core.errors import ConfigError
+from annunciator.core.loader import load_config
 from annunciator.core.plugins import default_manager
 
 EXAMPLE = Path(__file__).parent.parent / "annunciator" / "examples" / "demo.yaml"

@@ -274,7 +274,8 @@ def test_sandbox_is_absent_without_the_emulator(console_gateway):
 
 
 def test_config_refuses_plain_passwords(tmp_path):
-    from annunciator.core.config import ConfigError, load_config
+    from annunciator.core.config import ConfigError
+    from annunciator.core.loader import load_config
     from annunciator.core.plugins import default_manager
     from annunciator.testing.gateway import write_config
 

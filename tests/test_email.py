@@ -24,8 +24,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
-from annunciator.core.config import load_config
 from annunciator.core.errors import ConfigError
+from annunciator.core.loader import load_config
 from annunciator.core.plugins import default_manager
 from annunciator.plugins.email.tokens import SALT
 from annunciator.testing.gateway import free_port

@@ -121,7 +121,7 @@ def test_pipeline_built_in_python_runs(gateway_config, start_gateway, webhook_re
     import pytest
 
     from annunciator.core.errors import ConfigError
-    from annunciator.core.pipeline import build_pipeline
+    from annunciator.core.plugins import build_pipeline
 
     with pytest.raises(ConfigError) as info:
         build_pipeline("bad", [{"type": "delay", "delay": "soon"}])

@@ -7,8 +7,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from annunciator.core.config import Config, load_config
+from annunciator.core.config import Config
 from annunciator.core.errors import ConfigError
+from annunciator.core.loader import load_config
 from annunciator.core.plugins import default_manager
 
 scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) | st.text(max_size=20)

@@ -78,8 +78,8 @@ def hostile_config(tmp: Path, database: str) -> dict[str, Any]:
 def app_routes(config_path: Path) -> list[tuple[str, str]]:
     """(method, path template) of every route the gateway serves, plugin routes included, from
     the app built for the same config (not started: nothing opens the database)."""
-    from annunciator.core.config import load_config
     from annunciator.core.gateway import Gateway
+    from annunciator.core.loader import load_config
     from annunciator.core.plugins import default_manager
     from annunciator.core.web import build_app
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from annunciator.cli import main
 from annunciator.core.alarms import AlarmEvent, Priority, utcnow
-from annunciator.core.config import load_config
 from annunciator.core.errors import ConfigError, NotFound
+from annunciator.core.loader import load_config
 from annunciator.core.oncall import OnCall
 from annunciator.core.plugins import default_manager
 from annunciator.testing.gateway import TOKEN

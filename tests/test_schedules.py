@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from annunciator.core.config import load_config
 from annunciator.core.errors import ConfigError
+from annunciator.core.loader import load_config
 from annunciator.core.plugins import default_manager
 from annunciator.core.schedules import TimeRange, ical_dates, parse_range, parse_time
 

@@ -198,8 +198,8 @@ def test_cli_script_run_against_a_running_gateway(pipeline_gateway, tmp_path):
 def test_config_check_finds_missing_and_broken_scripts(tmp_path):
     import pytest
 
-    from annunciator.core.config import load_config
     from annunciator.core.errors import ConfigError
+    from annunciator.core.loader import load_config
     from annunciator.core.plugins import default_manager
 
     (tmp_path / "scripts").mkdir()

@@ -277,8 +277,8 @@ def test_cli_tags_prints_the_tree_and_writes(gateway_config, start_gateway):
 
 
 def test_config_refuses_bad_tags(tmp_path):
-    from annunciator.core.config import load_config
     from annunciator.core.errors import ConfigError
+    from annunciator.core.loader import load_config
     from annunciator.core.plugins import default_manager
 
     pm = default_manager()

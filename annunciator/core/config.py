@@ -9,7 +9,6 @@ line, and what was expected.
 from __future__ import annotations
 
 import codecs
-import fnmatch
 import json
 import math
 import os
@@ -31,7 +30,6 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from .alarms import AckMode, Priority
@@ -292,158 +290,6 @@ class PipelineSettings(StrictModel):
         return v
 
 
-# --- tags, scripts, MQTT (annunciator.tags, annunciator.scripting; see docs/tags.md, docs/scripting.md) ---
-
-TAG_ALARM_MODES = ("above", "below", "equal", "not_equal", "bad_quality")
-
-
-class TagAlarmSettings(StrictModel):
-    """An alarm carried by a tag: active while the condition holds, cleared when it stops.
-
-    ``above``/``below``: value > / < setpoint (clears only once back past setpoint -/+ deadband);
-    ``equal``/``not_equal``: value == / != setpoint; ``bad_quality``: quality is not Good.
-    """
-
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^/:]+$")
-    mode: Literal["above", "below", "equal", "not_equal", "bad_quality"]
-    setpoint: Any = None
-    deadband: float = Field(0.0, ge=0)
-    priority: PriorityField = Priority.MEDIUM
-    display_path: str | None = None
-    label: str | None = None
-    notes: str = ""
-    ack_mode: AckMode | None = None
-    properties: dict[str, Any] = {}
-    pipelines: dict[str, str] = {}
-    enabled: bool = True
-
-    @field_validator("pipelines")
-    @classmethod
-    def _transitions(cls, v: dict[str, str]) -> dict[str, str]:
-        return check_pipeline_keys(v)
-
-    @model_validator(mode="after")
-    def _setpoint(self) -> TagAlarmSettings:
-        if self.mode in ("above", "below") and (
-                isinstance(self.setpoint, bool) or not isinstance(self.setpoint, int | float)):
-            raise ValueError(f"mode {self.mode} needs a numeric setpoint, got {self.setpoint!r}")
-        if self.mode in ("equal", "not_equal") and self.setpoint is None:
-            raise ValueError(f"mode {self.mode} needs a setpoint")
-        return self
-
-
-class TagSettings(StrictModel):
-    """A memory tag defined in the config (``tags: {Plant/Tank1/Level: {type: Float8, ...}}``)."""
-
-    type: str
-    value: Any = None
-    # config tags are written by the outside world (API, scripts, MQTT) unless this is false
-    writable: bool = True
-    doc: str = ""
-    alarms: list[TagAlarmSettings] = []
-
-    @model_validator(mode="after")
-    def _typed(self) -> TagSettings:
-        from ..tags.types import check_type, coerce
-
-        check_type(self.type)
-        self.value = coerce(self.type, self.value)
-        names = [a.name for a in self.alarms]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"alarm names must be unique per tag: {', '.join(dupes)}")
-        for a in self.alarms:
-            if a.mode in ("above", "below") and self.type not in ("Int4", "Int8", "Float8"):
-                raise ValueError(f"alarm {a.name}: mode {a.mode} needs a numeric tag, not {self.type}")
-            if a.mode in ("equal", "not_equal"):
-                a.setpoint = coerce(self.type, a.setpoint)
-        return self
-
-
-def _tag_paths(v: dict[str, TagSettings]) -> dict[str, TagSettings]:
-    from ..tags.types import check_path
-
-    for path in v:
-        check_path(path)
-        if path == "System" or path.startswith("System/"):
-            raise ValueError(f"tag {path}: System/ is reserved for the gateway's own tags")
-    return v
-
-
-class ScriptSettings(StrictModel):
-    """One script: a file in ``gateway.scripts_dir`` or inline code."""
-
-    name: str | None = None
-    script: str | None = None
-    code: str | None = None
-    timeout: Duration = 30.0
-
-    @model_validator(mode="after")
-    def _one(self) -> ScriptSettings:
-        if bool(self.script) == bool(self.code):
-            raise ValueError("give either script: FILE (in the scripts folder) or code: TEXT")
-        return self
-
-    @property
-    def label(self) -> str:
-        return self.name or self.script or "inline"
-
-
-def _script_or_file(v: Any) -> Any:
-    return {"script": v} if isinstance(v, str) else v
-
-
-class TimerScriptSettings(ScriptSettings):
-    """A script run on an APScheduler trigger: ``interval: 30s`` or ``cron: "*/5 * * * *"``."""
-
-    interval: Duration | None = None
-    cron: str | None = None
-    timezone: str = "UTC"
-
-    @model_validator(mode="after")
-    def _trigger(self) -> TimerScriptSettings:
-        if (self.interval is None) == (self.cron is None):
-            raise ValueError("give either interval: DURATION or cron: EXPRESSION")
-        if self.interval is not None and self.interval < 0.1:
-            raise ValueError("interval must be at least 100ms")
-        if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
-            except Exception as exc:  # APScheduler raises ValueError or a tz error
-                raise ValueError(f"cron {self.cron!r}: {exc}")
-        return self
-
-
-class ScriptsSettings(StrictModel):
-    """Gateway scripts: run once at start, and on timers."""
-
-    startup: list[Annotated[ScriptSettings, BeforeValidator(_script_or_file)]] = []
-    timers: list[Annotated[TimerScriptSettings, BeforeValidator(_script_or_file)]] = []
-    # POST /api/scripts/run (and `annunciator script run`): code execution for API token holders
-    api_run: bool = False  # any API token could run code in the gateway: opt in
-    api_timeout: Duration = 60.0
-
-
-class MqttSettings(StrictModel):
-    """Publish every tag as retained JSON to ``<prefix>/<tag path>``; off while ``host`` is unset."""
-
-    host: str | None = None
-    port: int = Field(1883, ge=1, le=65535)
-    prefix: str = Field("annunciator", min_length=1, pattern=r"^[^+#]+$")
-    retain: bool = True
-    qos: int = Field(1, ge=0, le=2)
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
-    keepalive: int = Field(30, ge=5, le=3600)
-    # export only tags under these paths (empty: every tag)
-    paths: list[str] = []
-    # accept writes to writable tags from <prefix>/<tag path>/set (JSON value)
-    write: bool = False
-
-
 class FileSettings(StrictModel):
     """The shape of the whole file before plugin-specific parts are checked."""
 
@@ -456,9 +302,6 @@ class FileSettings(StrictModel):
     overrides: list[Any] = []
     alarms: list[AlarmDefinition] = []
     pipelines: dict[str, PipelineSettings] = {}
-    tags: Annotated[dict[str, TagSettings], AfterValidator(_tag_paths)] = {}
-    scripts: ScriptsSettings = ScriptsSettings()
-    mqtt: MqttSettings = MqttSettings()
 
 
 @dataclass
@@ -863,141 +706,5 @@ def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
     return (data if data is not None else {}), lines
 
 
-def load_config(
-    source: Path | str | Mapping[str, Any],
-    block_types: Mapping[str, Any],
-    profile_types: Mapping[str, Any],
-    env: Mapping[str, str] | None = None,
-    plugins: Any = None,
-) -> Config:
-    """Read and fully validate a config; raise ConfigError listing every problem found.
-    ``plugins`` (a PluginManager) adds plugin-owned sections and whole-config checks."""
-    env = os.environ if env is None else env
-    path: Path | None = None
-    lines: dict[str, int] = {}
-    if isinstance(source, Mapping):
-        raw: Any = dict(source)
-    else:
-        path = Path(source)
-        raw, lines = read_yaml(path)
-    file = str(path) if path else ""
-    if not isinstance(raw, dict):
-        raise ConfigError([("", "expected a mapping of sections at the top of the file")], file)
-    try:
-        return _validate(raw, path, lines, block_types, profile_types, env, plugins)
-    except ConfigError as exc:
-        if len(exc.problems) <= MAX_PROBLEMS:
-            raise
-        more = len(exc.problems) - MAX_PROBLEMS
-        raise ConfigError([*exc.problems[:MAX_PROBLEMS], ("", f"... and {more:,} more problems")],
-                          exc.file, exc.lines) from exc.__cause__
-    except (RecursionError, MemoryError):
-        # a plugin's own parser on a text nested deeply: Jinja recursing on an expression like
-        # "((((...))))", Python's compiler out of parser stack on a script (`x = ----...1` is a
-        # MemoryError); the YAML around it is within MAX_CONFIG_DEPTH
-        raise ConfigError([("", "a value is nested too deeply to check (an expression or a script?)")],
-                          file, lines) from None
-
-
-def _validate(raw: dict[str, Any], path: Path | None, lines: dict[str, int], block_types: Mapping[str, Any],
-              profile_types: Mapping[str, Any], env: Mapping[str, str], plugins: Any) -> Config:
-    """load_config after reading: every check; ConfigError lists what they found."""
-    file = str(path) if path else ""
-    # a section written with nothing under it (`pipelines:`) means an empty one
-    raw = {k: ({} if v is None and k != "alarms" else [] if v is None else v) for k, v in raw.items()}
-    data, problems = expand_env(raw, env)
-    section_types = plugins.config_sections() if plugins is not None else {}
-    sections: dict[str, Any] = {}
-    for name, model in section_types.items():
-        body = data.pop(name, None)
-        try:
-            sections[name] = model.model_validate(body if body is not None else {})
-        except ValidationError as exc:
-            problems += pydantic_problems(exc, name)
-    try:
-        settings = FileSettings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(problems + pydantic_problems(exc), file, lines) from exc
-    config = Config(path=path, settings=settings, sections=sections)
-
-    problems += _check_profiles(config, profile_types)
-    problems += _check_references(config)
-    pa = settings.gateway.profile_alarms
-    # with one profile there is no other channel to tell anyone over; the console and log still show it
-    if pa.enabled and pa.pipeline is None and len(settings.profiles) > 1 and not any(
-            fnmatch.fnmatchcase("annunciator/profiles/x", d.source) and d.pipelines for d in settings.alarms):
-        config.notices.append(("gateway.profile_alarms.pipeline", "not set: when a profile keeps failing its "
-                               "alarm is listed and logged but pages nobody; name a pipeline that reaches "
-                               "the admins over another channel"))
-    from .oncall import check_oncall  # here: oncall imports this module
-
-    problems += check_oncall(config)
-    # pipelines are checked even when other sections have problems: report everything at once
-    from .pipeline import build_pipelines
-
-    pipelines, pipeline_problems = build_pipelines(settings.pipelines, block_types, config)
-    problems += pipeline_problems
-    config.pipelines = pipelines
-    if plugins is not None and not problems:
-        problems += plugins.check_config(config)
-    if problems:
-        raise ConfigError(problems, file, lines)
-    return config
-
-
 def installed(names: Any) -> str:
     return ", ".join(sorted(names)) or "(none)"
-
-
-def _check_profiles(config: Config, profile_types: Mapping[str, Any]) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for name, raw in config.settings.profiles.items():
-        where = f"profiles.{name}"
-        kind = raw.get("type")
-        if kind is None:
-            what = "required" if "type" not in raw else "empty (YAML reads null/~ as nothing)"
-            problems.append((f"{where}.type", f"{what}; installed profile types: {installed(profile_types)}"))
-            continue
-        if not isinstance(kind, str) or kind not in profile_types:
-            problems.append((f"{where}.type", f"unknown profile type {kind!r}; installed: "
-                             f"{installed(profile_types)}"))
-            continue
-        body = {k: v for k, v in raw.items() if k != "type"}
-        try:
-            config.profiles[name] = profile_types[kind].Settings.model_validate(body)
-        except ValidationError as exc:
-            problems += pydantic_problems(exc, where)
-    return problems
-
-
-def _check_references(config: Config) -> list[tuple[str, str]]:
-    s = config.settings
-    problems: list[tuple[str, str]] = []
-    pa = s.gateway.profile_alarms.pipeline
-    if pa is not None and pa not in s.pipelines:
-        problems.append(("gateway.profile_alarms.pipeline",
-                         f"unknown pipeline {pa!r}; defined: {installed(s.pipelines)}"))
-    for roster in s.rosters:
-        for i, user in enumerate(config.roster_users(roster)):
-            if user not in s.users:
-                suffix = f"[{i}]" if isinstance(s.rosters[roster], list) else f".users[{i}]"
-                problems.append((f"rosters.{roster}{suffix}",
-                                 f"unknown user {user!r}; known users: {installed(s.users)}"))
-    ids: dict[int, str] = {}
-    for name, settings in s.users.items():
-        if settings.id is not None:
-            if settings.id in ids:
-                problems.append((f"users.{name}.id", f"id {settings.id} is already used by {ids[settings.id]!r}"))
-            ids[settings.id] = name
-    for path, tag in s.tags.items():
-        for i, tag_alarm in enumerate(tag.alarms):
-            for transition, pipeline in tag_alarm.pipelines.items():
-                if pipeline not in s.pipelines:
-                    problems.append((f"tags.{path}.alarms[{i}].pipelines.{transition}",
-                                     f"unknown pipeline {pipeline!r}; defined: {installed(s.pipelines)}"))
-    for i, alarm in enumerate(s.alarms):
-        for transition, pipeline in alarm.pipelines.items():
-            if pipeline not in s.pipelines:
-                problems.append((f"alarms[{i}].pipelines.{transition}",
-                                 f"unknown pipeline {pipeline!r}; defined: {installed(s.pipelines)}"))
-    return problems

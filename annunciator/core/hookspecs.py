@@ -57,6 +57,8 @@ def annunciator_config_sections() -> dict[str, type[BaseModel]]:
     ``twilio``). The loader validates each section present in the file against its model,
     reporting problems with the section's key paths, and keeps the result in
     ``config.sections[section]`` (the model's defaults when the file has no such section).
+    A model with a ``pipeline_references()`` method returning ``[(key path, pipeline)]`` has
+    those names checked with the core's own references (the tags section's alarms do).
     """
 
 

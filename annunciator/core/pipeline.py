@@ -307,33 +307,3 @@ def _check_loops(pipelines: dict[str, Pipeline]) -> list[tuple[str, str]]:
         if node not in state:
             visit(node, [])
     return problems
-
-
-def build_pipeline(
-    name: str,
-    blocks: list[dict[str, Any]],
-    *,
-    dropout: list[str] | None = None,
-    description: str = "",
-    block_types: Mapping[str, type[Block]] | None = None,
-    config: Config | None = None,
-) -> Pipeline:
-    """Build one pipeline in Python, with the checks a config file gets (ConfigError on a problem).
-
-    ``blocks`` are the same mappings as in YAML, e.g. ``{"type": "delay", "delay": "30s"}``;
-    ``block_types`` defaults to those of the installed plugins. Add the result to
-    ``Gateway.pipelines`` (or ``Config.pipelines``) before the gateway starts.
-    """
-    from .errors import ConfigError
-
-    if block_types is None:
-        from .plugins import default_manager
-
-        block_types = default_manager().block_types()
-    raw: dict[str, Any] = {"blocks": blocks, "description": description}
-    if dropout is not None:
-        raw["dropout"] = dropout
-    pipelines, problems = build_pipelines({name: raw}, block_types, config)
-    if problems:
-        raise ConfigError(problems)
-    return pipelines[name]

@@ -16,7 +16,9 @@ from typing import Any
 import pluggy
 
 from . import blocks, hookspecs
-from .pipeline import Block
+from .config import Config
+from .errors import ConfigError
+from .pipeline import Block, Pipeline, build_pipelines
 from .profiles import NotificationProfile
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ class PluginInfo:
     distribution: str = ""
 
 
+# built-in plugins that cannot be blocked (ANNUNCIATOR_PLUGINS / _DISABLE_PLUGINS do not apply)
+REQUIRED_PLUGINS = {"core.tags": "annunciator.tags.plugin"}
+
+
 class PluginManager(pluggy.PluginManager):
     """pluggy's manager plus what annunciator needs to know about what loaded."""
 
@@ -41,10 +47,10 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         # Core blocks are part of the engine, not an optional plugin: they cannot be blocked.
         self.register(blocks, name="core.blocks")
-        # So are the tag services (config tags, tag alarms, MQTT export): tags are core, like /api/tags.
-        from ..tags import plugin as tags_plugin
-
-        self.register(tags_plugin, name="core.tags")
+        # So are the tag services (config tags, tag alarms, MQTT export): tags are core, like
+        # /api/tags. Loaded by name, as an entry point is: core does not import the rooms above it.
+        for name, dotted in REQUIRED_PLUGINS.items():
+            self.register(importlib.import_module(dotted), name=name)
         self.info: list[PluginInfo] = []
 
     def load_entry_points(self, env: Mapping[str, str] | None = None) -> None:
@@ -109,3 +115,29 @@ def default_manager(env: Mapping[str, str] | None = None) -> PluginManager:
     pm = PluginManager()
     pm.load_entry_points(env)
     return pm
+
+
+def build_pipeline(
+    name: str,
+    blocks: list[dict[str, Any]],
+    *,
+    dropout: list[str] | None = None,
+    description: str = "",
+    block_types: Mapping[str, type[Block]] | None = None,
+    config: Config | None = None,
+) -> Pipeline:
+    """Build one pipeline in Python, with the checks a config file gets (ConfigError on a problem).
+
+    ``blocks`` are the same mappings as in YAML, e.g. ``{"type": "delay", "delay": "30s"}``;
+    ``block_types`` defaults to those of the installed plugins. Add the result to
+    ``Gateway.pipelines`` (or ``Config.pipelines``) before the gateway starts.
+    """
+    if block_types is None:
+        block_types = default_manager().block_types()
+    raw: dict[str, Any] = {"blocks": blocks, "description": description}
+    if dropout is not None:
+        raw["dropout"] = dropout
+    pipelines, problems = build_pipelines({name: raw}, block_types, config)
+    if problems:
+        raise ConfigError(problems)
+    return pipelines[name]

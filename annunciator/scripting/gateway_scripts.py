@@ -22,13 +22,22 @@ from starlette.routing import BaseRoute, Route
 from annunciator.core import http_limits, units
 
 from .runner import RunResult, Script, compile_or_error, run_script
+from .settings import ScriptsSettings
 
 if TYPE_CHECKING:
-    from annunciator.core.config import Config, ScriptSettings, TimerScriptSettings
+    from annunciator.core.config import Config
     from annunciator.core.gateway import Gateway
+
+    from .settings import ScriptSettings, TimerScriptSettings
 
 log = logging.getLogger("annunciator.scripts")
 MAX_SOURCE = 1_000_000
+
+
+def scripts_settings(config: Config) -> ScriptsSettings:
+    """The config's ``scripts:`` section (its defaults when the file has none)."""
+    section = config.sections.get("scripts")
+    return section if section is not None else ScriptsSettings()
 
 
 def load_script(config: Config, s: ScriptSettings, where: str) -> Script:
@@ -40,7 +49,7 @@ def load_script(config: Config, s: ScriptSettings, where: str) -> Script:
 
 
 def _entries(config: Config) -> list[tuple[str, ScriptSettings]]:
-    sc = config.settings.scripts
+    sc = scripts_settings(config)
     return ([(f"scripts.startup[{i}]", s) for i, s in enumerate(sc.startup)]
             + [(f"scripts.timers[{i}]", s) for i, s in enumerate(sc.timers)])
 
@@ -73,7 +82,7 @@ class GatewayScripts:
     def __init__(self, gateway: Gateway, system: SimpleNamespace):
         self.gateway = gateway
         self.system = system
-        self.settings = gateway.config.settings.scripts
+        self.settings = scripts_settings(gateway.config)
         self.runs: dict[str, int] = {}  # label -> completed runs, for tests and diagnostics
         self._jobs: list[str] = []
         self._startup: asyncio.Task[None] | None = None
@@ -143,7 +152,7 @@ async def run_posted(gw: Gateway, request: Request) -> Response:
     """Run ``{"source": TEXT, "filename": NAME}`` in the gateway; answer with what it printed,
     the value it left in ``result`` (if any) and, on failure, the error with file:line. A script
     failure is a 200 with ``ok: false``: the request itself worked."""
-    settings = gw.config.settings.scripts
+    settings = scripts_settings(gw.config)
     if not settings.api_run:
         return JSONResponse({"error": "running scripts over the API is off (scripts.api_run: false)"}, 403)
     raw = await request.body()

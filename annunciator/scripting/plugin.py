@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pydantic import model_validator
+from pydantic import BaseModel, model_validator
 
 from annunciator import hookimpl
 from annunciator.core.config import Config, Duration
@@ -16,6 +16,7 @@ from annunciator.core.pipeline import END, Block, BlockSettings, Next
 from .gateway_scripts import GatewayScripts, check_scripts, script_routes
 from .namespaces import AlarmFunctions, TagFunctions, UtilFunctions
 from .runner import ERRORS_TAG, LAST_ERROR_TAG, Bridge, Script, run_script, scripting_system
+from .settings import ScriptsSettings
 
 if TYPE_CHECKING:
     from annunciator.core.gateway import Gateway
@@ -92,6 +93,11 @@ def annunciator_block_types() -> list[type[Block]]:
 def annunciator_register_tags(gateway: Gateway, tags: Any) -> None:
     tags.define(ERRORS_TAG, "Int8", 0, doc="script failures since the gateway started (every kind of script)")
     tags.define(LAST_ERROR_TAG, "String", "", doc="the last script failure, file:line: error")
+
+
+@hookimpl
+def annunciator_config_sections() -> dict[str, type[BaseModel]]:
+    return {"scripts": ScriptsSettings}
 
 
 @hookimpl

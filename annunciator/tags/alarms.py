@@ -22,9 +22,9 @@ from ..core import units
 from .types import GOOD
 
 if TYPE_CHECKING:
-    from ..core.config import TagAlarmSettings
     from ..core.gateway import Gateway
     from .provider import TagValue
+    from .settings import TagAlarmSettings
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from .provider import GOOD, TagProvider, TagValue
 from .types import TagError
 
 if TYPE_CHECKING:
-    from ..core.config import MqttSettings
+    from .settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from annunciator import hookimpl
+from annunciator.core.config import Config
 
 from .alarms import TagAlarms
 from .provider import TagProvider
+from .settings import MqttSettings, TagSettings, TagsSection
 
 if TYPE_CHECKING:
     from ..core.gateway import Gateway
@@ -22,9 +26,19 @@ log = logging.getLogger(__name__)
 
 
 @hookimpl
+def annunciator_config_sections() -> dict[str, type[BaseModel]]:
+    return {"tags": TagsSection, "mqtt": MqttSettings}
+
+
+def config_tags(config: Config) -> dict[str, TagSettings]:
+    section = config.sections.get("tags")
+    return section.root if section is not None else {}
+
+
+@hookimpl
 def annunciator_register_tags(gateway: Gateway, tags: TagProvider) -> None:
     """The config's memory tags, before any startup script can write them."""
-    for path, t in gateway.config.settings.tags.items():
+    for path, t in config_tags(gateway.config).items():
         tags.define(path, t.type, t.value, writable=t.writable, doc=t.doc, alarms=list(t.alarms))
 
 
@@ -32,11 +46,11 @@ def annunciator_register_tags(gateway: Gateway, tags: TagProvider) -> None:
 def annunciator_startup(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     alarms = TagAlarms(gateway, loop)
-    for path, t in gateway.config.settings.tags.items():
+    for path, t in config_tags(gateway.config).items():
         alarms.add(path, list(t.alarms))
     alarms.start()
     state: dict[str, Any] = {"alarms": alarms, "mqtt": None}
-    settings = gateway.config.settings.mqtt
+    settings: MqttSettings = gateway.config.sections.get("mqtt") or MqttSettings()
     if settings.host:
         from .mqtt import MqttExporter
 

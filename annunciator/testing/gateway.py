@@ -81,8 +81,8 @@ class RunningGateway:
     def start(self, timeout: float = 30.0) -> RunningGateway:
         import uvicorn
 
-        from annunciator.core.config import load_config
         from annunciator.core.gateway import Gateway
+        from annunciator.core.loader import load_config
         from annunciator.core.plugins import default_manager
         from annunciator.core.web import build_app
 
