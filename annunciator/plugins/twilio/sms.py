@@ -3,7 +3,7 @@ numbers.
 
 Why one module for both: the emulator must compute ``num_segments`` exactly as Twilio does, and
 the profile must predict the same figure before sending. One implementation, tested against the
-rules in ``tests/test_twilio_emulator.py``, keeps the two from drifting apart.
+rules in ``tests/testing/test_twilio_emulator.py``, keeps the two from drifting apart.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "annunciator"
+PACKAGE = Path(__file__).resolve().parents[2] / "annunciator"
 
 
 def _module(path: Path) -> str:

@@ -30,7 +30,7 @@ from annunciator.core.errors import ConfigError
 from annunciator.core.loader import load_config
 from annunciator.core.plugins import default_manager
 
-EXAMPLE = Path(__file__).parent.parent / "annunciator" / "examples" / "demo.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "annunciator" / "examples" / "demo.yaml"
 SECONDS = 15  # the whole process, interpreter start (~1 s) included; a hostile file takes 1-3 s here
 MEMORY = 1024 * 1024 * 1024  # address space; `check` of the example config needs well under 400 MB
 INTERNAL = "internal error"  # the CLI's last-resort message: a cause not fixed at its source
