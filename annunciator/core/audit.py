@@ -36,6 +36,8 @@ class Code(StrEnum):
     ACKNOWLEDGED = "Acknowledged"
     SMS_REPLY = "SMSReply"
     REPLY_WITH_PIN = "ReplyWithPIN"
+    PIN_REJECTED = "PinRejected"  # a wrong PIN (or none set), counted toward the lockout
+    PIN_LOCKOUT = "PinLockout"  # too many wrong PINs: the person is locked out for a while
 
 
 class AuditLog:

@@ -28,6 +28,7 @@ from .engine import Engine, Instance
 from .errors import Conflict, Invalid, NotFound
 from .notifications import HELD, PENDING, Dispatcher, Notification
 from .oncall import OnCall, Resolution
+from .pin_check import PinCheck
 from .pipeline import Pipeline
 from .plugins import PluginManager
 from .profiles import NotificationProfile
@@ -81,6 +82,7 @@ class Gateway:
         self.store.read_timeout = config.gateway.commit_timeout
         self.oncall = OnCall(config, self.store)
         self.audit = AuditLog(self.store)
+        self.pins = PinCheck(lambda: self.secret, self.save_user, self.audit)
         self.timers = Timers()
         self.engine = Engine(self)
         g = config.gateway

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from annunciator.core import schema, units
-from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.users import PinResult, User, check_pin, mask_pins
+from annunciator.core.users import PinResult, User, mask_pins
 
 from .profile import tls_context
 from .settings import ImapSettings
@@ -201,14 +200,13 @@ class ImapPoller:
         if not mine:
             return self._outcome("EmailReplyIgnored", base, "names no alarm that was emailed to this person")
         if self.settings.require_pin:
-            result = check_pin(user, gw.secret, pin or "")
-            gw.save_user(user)
+            result = gw.pins.check(user, pin or "", channel=base["channel"], contact=sender, event_ids=mine,
+                                   via="email")
             if result != PinResult.OK:
                 why = {PinResult.LOCKED: "locked out after wrong PINs", PinResult.NO_PIN: "no PIN is set",
                        PinResult.WRONG: "wrong or missing PIN"}.get(result, result)
-                code = "PinLockout" if result == PinResult.LOCKED else "PinRejected"
-                return self._outcome(code, base, f"reply not acted on: {why}")
-            gw.audit.record(Code.REPLY_WITH_PIN, text="PIN accepted", event_ids=mine, **base)
+                log.info("email reply from %s not acted on: %s", sender, why)
+                return f"reply not acted on: {why}"
         note = match.group("note").strip()
         return await self._ack(user, mine, note, base)
 

@@ -23,7 +23,8 @@ from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent
 from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.users import PinResult, User, check_pin, mask_pins, pin_matches
+from annunciator.core.pin_check import PinPolicy
+from annunciator.core.users import PinResult, User, mask_pins, pin_matches
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.webhooks import verified_form
 
@@ -246,24 +247,18 @@ class Conversation:
             return self._bounded("Send your PIN with it, e.g. " + (
                 f"{reply.text.strip().split()[0].upper()} ... PIN" if reply else "1234") + ".")
         s = self.settings
-        result = check_pin(self.user, self.gw.secret, pin, max_failures=s.pin_failures if s else None,
-                           lockout=timedelta(seconds=s.pin_lockout) if s else None)
-        self.gw.save_user(self.user)
+        policy = PinPolicy(s.pin_failures, timedelta(seconds=s.pin_lockout)) if s else None
+        result = self.gw.pins.check(self.user, pin, channel=self.profile.name if self.profile else "sms",
+                                    contact=self.their, policy=policy)
         if result == PinResult.OK:
-            self.gw.audit.record(Code.REPLY_WITH_PIN, user=self.user.username, contact=self.their,
-                                 channel=self.profile.name if self.profile else "sms", text="PIN accepted")
             if s is not None:
                 self.state.open_session(self.user.username, s.pin_session)
             return self._valid(await action())
         if result == PinResult.LOCKED:
-            self.gw.audit.record("PinLockout", user=self.user.username, contact=self.their,
-                                 text=f"locked until {self.user.locked_until:%H:%M} UTC" if self.user.locked_until
-                                 else "locked")
             until = f" until {self.user.locked_until:%H:%M} UTC" if self.user.locked_until else ""
             return self._bounded(f"Too many wrong PINs: locked{until}.")
         if result == PinResult.NO_PIN:
             return self._bounded("No PIN is set for you; ask an administrator.")
-        self.gw.audit.record("PinRejected", user=self.user.username, contact=self.their, text="wrong PIN")
         return self._bounded("Wrong PIN.")
 
     # --- actions --------------------------------------------------------------------------

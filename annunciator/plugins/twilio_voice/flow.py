@@ -25,9 +25,9 @@ from starlette.routing import Route
 from twilio.twiml.voice_response import VoiceResponse
 
 from annunciator.core.alarms import AlarmEvent, new_id
-from annunciator.core.audit import Code
 from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.users import PinResult, User, check_pin
+from annunciator.core.pin_check import PinPolicy
+from annunciator.core.users import PinResult, User
 from annunciator.plugins.twilio.pin_sessions import pin_sessions
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.webhooks import verified_form
@@ -374,21 +374,18 @@ class VoiceFlow:
             return to_xml(r)
         session.no_input = 0
         session.pin_tries += 1
-        result = check_pin(user, self.gateway.secret, digits, max_failures=s.pin_failures,
-                           lockout=timedelta(seconds=s.pin_lockout))
-        self.gateway.save_user(user)
-        audit: dict[str, Any] = {"user": user.username, "contact": session.their_number, "channel": session.profile,
-                 "event_ids": list(session.event_ids), "notification_id": session.notification_id}
+        result = self.gateway.pins.check(
+            user, digits, channel=session.profile, contact=session.their_number,
+            policy=PinPolicy(s.pin_failures, timedelta(seconds=s.pin_lockout)), event_ids=list(session.event_ids),
+            notification_id=session.notification_id, via="voice")
         if result == PinResult.OK:
             session.authenticated = True
-            self.gateway.audit.record(Code.REPLY_WITH_PIN, text="PIN accepted (voice)", **audit)
             self._open_pin_session(profile, user.username)
             speaker.say(r, "pin_ok")
             self._read_alarm(r, profile, speaker, session)
             return to_xml(r)
         if result == PinResult.LOCKED:
             until = f"{user.locked_until:%H:%M} UTC" if user.locked_until else "later"
-            self.gateway.audit.record("PinLockout", text=f"locked until {until} (voice)", **audit)
             speaker.say(r, "locked", until=until)
             r.hangup()
             return to_xml(r)
@@ -396,7 +393,6 @@ class VoiceFlow:
             speaker.say(r, "no_pin")
             r.hangup()
             return to_xml(r)
-        self.gateway.audit.record("PinRejected", text="wrong PIN (voice)", **audit)
         speaker.say(r, "wrong_pin")
         if session.pin_tries >= s.pin_failures:
             speaker.say(r, "goodbye")  # this call's tries are used up even if the lockout counts differ
