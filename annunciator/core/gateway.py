@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from ..tags.provider import TagProvider
 from . import schema, units
 from .alarms import AckMode, AlarmEvent, Priority, Transition, render_message, utcnow
 from .audit import AuditLog, Code
@@ -33,6 +32,7 @@ from .pipeline import Pipeline
 from .plugins import PluginManager
 from .profiles import NotificationProfile
 from .store import Store
+from .tag_provider import TagProvider
 from .timers import Timers
 from .users import User, load_secret, pin_matches, set_pin
 

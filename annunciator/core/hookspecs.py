@@ -17,13 +17,13 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
     from starlette.routing import BaseRoute
 
-    from ..tags.provider import TagProvider
     from .alarms import AlarmEvent
     from .config import Config
     from .gateway import Gateway
     from .notifications import Notification
     from .pipeline import Block
     from .profiles import NotificationProfile
+    from .tag_provider import TagProvider
     from .users import User
 
 hookspec = pluggy.HookspecMarker("annunciator")

@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..tags.types import TagError, TagNotFound, TagReadOnly
 from . import http_limits, units
 from .alarms import utcnow
 from .config import join_path
@@ -35,6 +34,7 @@ from .errors import Conflict, Invalid, NotFound, Refused, Unavailable
 from .gateway import AlarmSpec, Gateway
 from .oncall import OverrideInvalid, parse_when
 from .schedules import zone
+from .tag_types import TagError, TagNotFound, TagReadOnly
 
 log = logging.getLogger(__name__)
 
@@ -484,13 +484,6 @@ async def write_tag(gw: Gateway, request: Request) -> Response:
     return _json(gw.tags.get(path).to_dict())
 
 
-async def metrics(gw: Gateway, request: Request) -> Response:
-    """Every tag in Prometheus' text format (see annunciator.tags.prometheus)."""
-    from ..tags import prometheus
-
-    return Response(prometheus.render(gw.tags), media_type=prometheus.CONTENT_TYPE)
-
-
 def _zone(name: str, field: str) -> Any:
     try:
         return zone(name)
@@ -602,7 +595,6 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
         r("/api/tags", tags, ["GET"]),
         r("/api/tags/{path:path}", get_tag, ["GET"]),
         r("/api/tags/{path:path}", write_tag, ["POST"]),
-        r("/metrics", metrics, ["GET"]),
         r("/api/users", users, ["GET"]),
         r("/api/oncall", oncall, ["GET"]),
         r("/api/overrides", list_overrides, ["GET"]),

@@ -12,13 +12,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from annunciator.core.alarms import utcnow
-from annunciator.tags.types import TagError, TagNotFound, TagReadOnly
+from annunciator.core.tag_types import TagError, TagNotFound, TagReadOnly
 
 from .runner import Bridge
 
 if TYPE_CHECKING:
     from annunciator.core.gateway import Gateway
-    from annunciator.tags.provider import TagValue
+    from annunciator.core.tag_provider import TagValue
 
 
 def _list(value: Any) -> list[Any]:

@@ -18,12 +18,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from annunciator.core.tag_types import GOOD
+
 from ..core import units
-from .types import GOOD
 
 if TYPE_CHECKING:
+    from annunciator.core.tag_provider import TagValue
+
     from ..core.gateway import Gateway
-    from .provider import TagValue
     from .settings import TagAlarmSettings
 
 log = logging.getLogger(__name__)

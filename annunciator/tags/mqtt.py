@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
-from .provider import GOOD, TagProvider, TagValue
-from .types import TagError
+from annunciator.core.tag_provider import GOOD, TagProvider, TagValue
+from annunciator.core.tag_types import TagError
 
 if TYPE_CHECKING:
     from .settings import MqttSettings

@@ -11,12 +11,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from annunciator import hookimpl
 from annunciator.core.config import Config
+from annunciator.core.tag_provider import TagProvider
 
 from .alarms import TagAlarms
-from .provider import TagProvider
 from .settings import MqttSettings, TagSettings, TagsSection
 
 if TYPE_CHECKING:
@@ -33,6 +36,18 @@ def annunciator_config_sections() -> dict[str, type[BaseModel]]:
 def config_tags(config: Config) -> dict[str, TagSettings]:
     section = config.sections.get("tags")
     return section.root if section is not None else {}
+
+
+@hookimpl
+def annunciator_routes(gateway: Gateway) -> list[BaseRoute]:
+    """``GET /metrics``: every tag in Prometheus' text format (bearer token unless
+    ``gateway.public_metrics``)."""
+    from . import prometheus
+
+    async def metrics(request: Request) -> Response:
+        return Response(prometheus.render(gateway.tags), media_type=prometheus.CONTENT_TYPE)
+
+    return [Route("/metrics", metrics, methods=["GET"])]
 
 
 @hookimpl

@@ -28,8 +28,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from .provider import GOOD, TagProvider, TagValue
-from .types import Dataset
+from annunciator.core.tag_provider import GOOD, TagProvider, TagValue
+from annunciator.core.tag_types import Dataset
 
 PREFIX = "annunciator_"
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -13,8 +13,7 @@ from pydantic import AfterValidator, Field, RootModel, field_validator, model_va
 
 from annunciator.core.alarms import AckMode, Priority
 from annunciator.core.config import PriorityField, StrictModel, check_pipeline_keys
-
-from .types import check_path, check_type, coerce
+from annunciator.core.tag_types import check_path, check_type, coerce
 
 TAG_ALARM_MODES = ("above", "below", "equal", "not_equal", "bad_quality")
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from annunciator import hookimpl
-from annunciator.tags.provider import BAD, Dataset, TagError, TagNotFound, TagProvider, TagReadOnly
+from annunciator.core.tag_provider import BAD, Dataset, TagError, TagNotFound, TagProvider, TagReadOnly
 
 from conftest import Subscriber, wait_until
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from ..core.alarms import utcnow
-from .types import (
+from .alarms import utcnow
+from .tag_types import (
     BAD,
     DATA_TYPES,
     GOOD,
