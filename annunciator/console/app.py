@@ -288,13 +288,13 @@ class Console:
 
     async def _event(self, event_id: str) -> AlarmEvent:
         try:
-            return await self.gw.find_event(event_id[:100])
+            return await self.gw.history.find_event(event_id[:100])
         except NotFound as exc:
             raise Refused(404, str(exc))
 
     async def alarm(self, ctx: Ctx, error: str = "", status: int = 200) -> Response:
         event = await self._event(ctx.request.path_params["id"])
-        journal = await self.gw.journal(event_id=event.id, limit=200)
+        journal = await self.gw.history.journal(event_id=event.id, limit=200)
         sms_replies = await self.gw.audit.query(code="SMSReply", event_id=event.id, limit=200)
         shelf = self.gw.shelves.get(event.source)
         shelved_until = shelf["expires_at"] if shelf and shelf["expires_at"] > utcnow() else None
@@ -341,7 +341,7 @@ class Console:
     async def trace(self, ctx: Ctx) -> Response:
         event_id = ctx.request.path_params["id"][:100]
         try:
-            story = await self.gw.story(event_id)
+            story = await self.gw.history.story(event_id)
         except NotFound as exc:
             raise Refused(404, str(exc))
         event = await self._event(event_id)

@@ -421,7 +421,7 @@ class Conversations:
 
 
         try:
-            event = await self.gw.find_event(ctx.request.path_params["id"][:100])
+            event = await self.gw.history.find_event(ctx.request.path_params["id"][:100])
         except NotFound as exc:
             raise Refused(404, str(exc))
         pool, _ = await self.pool_for(ctx, ctx.field("pool", limit=200), write=True)

@@ -25,12 +25,14 @@ from .config import ChannelSettings, Config, check_pipeline_keys
 from .delivery import Delivery
 from .engine import Engine, Instance
 from .errors import Conflict, Invalid, NotFound
+from .history import History
 from .notifications import HELD, PENDING, Dispatcher, Notification
 from .oncall import OnCall, Resolution
 from .pin_check import PinCheck
 from .pipeline import Pipeline
 from .plugins import PluginManager
 from .profiles import NotificationProfile
+from .rows import event_from_row, event_row
 from .store import Store
 from .tag_provider import TagProvider
 from .timers import Timers
@@ -95,6 +97,7 @@ class Gateway:
         self._freed_codes: list[int] = []
         self.current: dict[str, AlarmEvent] = {}  # source -> its active event
         self.shelves: dict[str, dict[str, Any]] = {}
+        self.history = History(self.store, self.audit, self.events, self.engine.live, self.held)
         self.users: dict[str, User] = {}
         self.users_by_id: dict[int, User] = {}
         self.profiles: dict[str, NotificationProfile] = {}
@@ -239,7 +242,7 @@ class Gateway:
         events, shelves, instances, pending, last_code = await self.store.read(load)
         self._code_top = last_code
         for row in events:
-            event = _event_from_row(row)
+            event = event_from_row(row)
             self.events[event.id] = event
             if event.ack_code is not None and not event.done:
                 self.by_code[event.ack_code] = event
@@ -445,7 +448,7 @@ class Gateway:
             self.by_code[event.ack_code] = event
             self.events[event.id] = event
             self.current[event.source] = event
-            self.store.insert(schema.alarm_events, _event_row(event),
+            self.store.insert(schema.alarm_events, event_row(event),
                               on_refused=functools.partial(self.forget_unstored, [event]))
             self._journal(event, Transition.ACTIVE, None, event.notes)
             if event.acknowledged:
@@ -642,7 +645,7 @@ class Gateway:
                                            "action": str(action), "user": user, "notes": notes or None})
 
     def _save_event(self, event: AlarmEvent) -> None:
-        row = _event_row(event)
+        row = event_row(event)
         del row["id"]
         self.store.update(schema.alarm_events, event.id, row)
 
@@ -774,104 +777,6 @@ class Gateway:
         out.sort(key=lambda e: (-int(e.priority), e.active_time))
         return out
 
-    async def find_event(self, event_id: str) -> AlarmEvent:
-        event = self.events.get(event_id)
-        if event is not None:
-            return event
-
-        def load(conn: sa.Connection) -> Any:
-            return conn.execute(sa.select(schema.alarm_events).where(schema.alarm_events.c.id == event_id)).first()
-
-        row = await self.store.read(load)
-        if row is None:
-            raise NotFound(f"no alarm event {event_id!r}")
-        return _event_from_row(dict(row._mapping))
-
-    async def journal(self, *, event_id: str | None = None, source: str | None = None,
-                      since: datetime | None = None, until: datetime | None = None,
-                      limit: int = 500) -> list[dict[str, Any]]:
-        j = schema.journal
-
-        def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            q = schema.narrow(sa.select(j).order_by(j.c.id.desc()).limit(limit), j, since, until,
-                              event_id=event_id, source=source)
-            return [{"id": r.id, "eventId": r.event_id, "source": r.source, "ts": r.ts.isoformat(),
-                     "action": r.action, "user": r.user, "notes": r.notes} for r in conn.execute(q)]
-
-        return list(reversed(await self.store.read(load)))
-
-    async def instances_of(self, event_id: str) -> list[dict[str, Any]]:
-        pi = schema.pipeline_instances
-
-        def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            return [dict(r._mapping) for r in conn.execute(
-                sa.select(pi).where(pi.c.event_id == event_id).order_by(pi.c.created))]
-
-        out = []
-        for row in await self.store.read(load):
-            live = self.engine.live.get(row["id"])
-            out.append(live.to_dict() if live else _instance_summary(row))
-        return out
-
-    async def instance(self, instance_id: str) -> dict[str, Any]:
-        live = self.engine.live.get(instance_id)
-        if live is not None:
-            data = live.to_dict()
-        else:
-            pi = schema.pipeline_instances
-            row = await self.store.read(lambda c: c.execute(sa.select(pi).where(pi.c.id == instance_id)).first())
-            if row is None:
-                raise NotFound(f"no pipeline instance {instance_id!r}")
-            data = _instance_summary(dict(row._mapping))
-        data["trace"] = await self.traces(instance_id=instance_id)
-        return data
-
-    async def traces(self, *, instance_id: str | None = None, event_id: str | None = None) -> list[dict[str, Any]]:
-        """Trace lines of one instance or of every instance of one event, oldest first."""
-        t = schema.trace_runs
-
-        def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            q = sa.select(t.c.instance_id, t.c.lines).order_by(t.c.id)
-            q = q.where(t.c.instance_id == instance_id) if instance_id else q.where(t.c.event_id == event_id)
-            out = [{"ts": ts, "instanceId": iid, "branch": branch, "block": block, "action": action, "why": why}
-                   for iid, lines in conn.execute(q) for ts, branch, block, action, why in lines]
-            out.sort(key=lambda line: line["ts"])  # stable: lines of one run keep their order
-            return out
-
-        return await self.store.read(load)
-
-    async def notifications_of(self, event_id: str) -> list[dict[str, Any]]:
-        n = schema.notifications
-
-        def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            pi = schema.pipeline_instances
-            ids = sa.select(pi.c.id).where(pi.c.event_id == event_id)
-            # a consolidated message carries alarms of other instances: find it by its event list
-            batched = sa.and_(n.c.batch_key.is_not(None), sa.cast(n.c.event_ids, sa.Text).contains(event_id))
-            rows = conn.execute(sa.select(n).where(sa.or_(n.c.instance_id.in_(ids), batched))
-                                .order_by(n.c.created, n.c.id))
-            return [{"id": r.id, "user": r.username, "profile": r.profile, "contactType": r.contact_type,
-                     "contact": r.contact, "message": r.message, "status": r.status, "attempts": r.attempts,
-                     "lastError": r.last_error, "providerId": r.provider_id, "pipeline": r.pipeline,
-                     "block": r.block, "created": r.created.isoformat(),
-                     "sentAt": r.sent_at.isoformat() if r.sent_at else None, "alarms": len(r.event_ids),
-                     "chainId": r.chain_id, "fallbacks": [Link.from_json(x).profile for x in r.chain or []],
-                     "deliveryStatus": r.delivery_status, "batch": r.batch_key,
-                     "dueAt": r.due_at.isoformat() if r.due_at else None, "attemptLog": r.attempt_log or []}
-                    for r in rows if event_id in r.event_ids]
-
-        return await self.store.read(load)
-
-    async def story(self, event_id: str) -> dict[str, Any]:
-        """Everything that happened to one event: journal, pipelines with traces, notifications."""
-        event = await self.find_event(event_id)
-        return {"event": event.to_dict(), "journal": await self.journal(event_id=event_id),
-                "instances": await self.instances_of(event_id),
-                "trace": await self.traces(event_id=event_id),
-                "notifications": await self.notifications_of(event_id),
-                "held": [h for h in self.held() if event_id in h["eventIds"]],
-                "audit": await self.audit.query(event_id=event_id)}
-
     def cancel_instance(self, instance_id: str, user: str | None = None) -> Instance:
         inst = self.engine.cancel(instance_id, f"cancelled{_by(user)}")
         if inst is None:
@@ -881,29 +786,3 @@ class Gateway:
 
 def _by(user: str | None) -> str:
     return f" by {user}" if user else ""
-
-
-def _event_row(e: AlarmEvent) -> dict[str, Any]:
-    return {"id": e.id, "source": e.source, "display_path": e.display_path, "name": e.name,
-            "label": e.label, "priority": int(e.priority), "event_value": e.event_value, "notes": e.notes,
-            "ack_mode": str(e.ack_mode), "ack_notes_required": e.ack_notes_required,
-            "properties": e.properties, "pipelines": e.pipelines, "active_time": e.active_time,
-            "clear_time": e.clear_time, "ack_time": e.ack_time, "ack_user": e.ack_user,
-            "ack_notes": e.ack_notes, "shelved": e.shelved, "done": e.done, "ack_code": e.ack_code}
-
-
-def _event_from_row(r: dict[str, Any]) -> AlarmEvent:
-    return AlarmEvent(
-        id=r["id"], source=r["source"], display_path=r["display_path"], name=r["name"], label=r["label"],
-        priority=Priority(r["priority"]), event_value=r["event_value"], notes=r["notes"],
-        ack_mode=AckMode(r["ack_mode"]), ack_notes_required=r["ack_notes_required"],
-        properties=r["properties"] or {}, pipelines=r["pipelines"] or {}, active_time=r["active_time"],
-        clear_time=r["clear_time"], ack_time=r["ack_time"], ack_user=r["ack_user"], ack_notes=r["ack_notes"],
-        shelved=r["shelved"], ack_code=r["ack_code"])
-
-
-def _instance_summary(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], "eventId": row["event_id"], "pipeline": row["pipeline"], "status": row["status"],
-            "properties": row["properties"], "created": row["created"].isoformat(),
-            "ended": row["ended"].isoformat() if row["ended"] else None, "endReason": row["end_reason"],
-            "branches": []}

@@ -287,12 +287,12 @@ async def list_alarms(gw: Gateway, request: Request) -> Response:
 
 
 async def get_alarm(gw: Gateway, request: Request) -> Response:
-    event = await gw.find_event(request.path_params["id"])
+    event = await gw.history.find_event(request.path_params["id"])
     return _json(event.to_dict())
 
 
 async def alarm_trace(gw: Gateway, request: Request) -> Response:
-    return _json(await gw.story(request.path_params["id"]))
+    return _json(await gw.history.story(request.path_params["id"]))
 
 
 async def ack_one(gw: Gateway, request: Request) -> Response:
@@ -360,7 +360,7 @@ def _limit(q: Any) -> int:
 
 async def journal(gw: Gateway, request: Request) -> Response:
     q = request.query_params
-    rows = await gw.journal(event_id=q.get("eventId"), source=q.get("source"),
+    rows = await gw.history.journal(event_id=q.get("eventId"), source=q.get("source"),
                             since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
                             limit=_limit(q))
     return _json({"journal": rows})
@@ -395,14 +395,14 @@ async def instances(gw: Gateway, request: Request) -> Response:
     q = request.query_params
     event_id = q.get("eventId")
     if event_id:
-        return _json({"instances": await gw.instances_of(event_id)})
+        return _json({"instances": await gw.history.instances_of(event_id)})
     items = [i.to_dict() for i in gw.engine.live.values()
              if not q.get("pipeline") or i.pipeline.name == q.get("pipeline")]
     return _json({"instances": items})
 
 
 async def instance(gw: Gateway, request: Request) -> Response:
-    return _json(await gw.instance(request.path_params["id"]))
+    return _json(await gw.history.instance(request.path_params["id"]))
 
 
 async def cancel_instance(gw: Gateway, request: Request) -> Response:

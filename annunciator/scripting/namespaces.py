@@ -68,7 +68,7 @@ class AlarmFunctions:
                      source: str | None = None, eventId: str | None = None,
                      limit: int = 500) -> list[dict[str, Any]]:
         """Journal lines between two times (oldest first), optionally for one source or event."""
-        return self._bridge.call(self._gw.journal(since=startDate, until=endDate, source=source,
+        return self._bridge.call(self._gw.history.journal(since=startDate, until=endDate, source=source,
                                                   event_id=eventId, limit=limit))
 
     def shelve(self, paths: list[str] | str, timeoutMinutes: float = 15, user: str = "script") -> None:

@@ -100,7 +100,7 @@ class AckPages:
         events = []
         for event_id in claim.event_ids:
             try:
-                events.append(await self.gateway.find_event(event_id))
+                events.append(await self.gateway.history.find_event(event_id))
             except NotFound:
                 continue  # purged by retention: nothing to show or do for it
         return events
