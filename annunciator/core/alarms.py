@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+SYSTEM_USER = "system"  # who the gateway itself acts as (journal, audit)
+
 
 class Priority(enum.IntEnum):
     """Alarm priority, ordered. Compares with ints and with names ("High" > "Low") so that

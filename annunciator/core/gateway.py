@@ -14,14 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
 
 from . import schema, units
-from .alarms import AckMode, AlarmEvent, Priority, Transition, render_message, utcnow
+from .alarm_spec import AlarmSpec
+from .alarms import SYSTEM_USER, AckMode, AlarmEvent, Priority, Transition, render_message, utcnow
 from .audit import AuditLog, Code
 from .channels import Link
-from .config import ChannelSettings, Config, check_pipeline_keys
+from .config import ChannelSettings, Config
 from .delivery import Delivery
 from .engine import Engine, Instance
 from .errors import Conflict, Invalid, NotFound
@@ -31,6 +30,7 @@ from .oncall import OnCall, Resolution
 from .pin_check import PinCheck
 from .pipeline import Pipeline
 from .plugins import PluginManager
+from .profile_watch import ProfileWatch
 from .profiles import NotificationProfile
 from .rows import event_from_row, event_row
 from .store import Store
@@ -40,38 +40,8 @@ from .users import User, load_secret, pin_matches, set_pin
 
 log = logging.getLogger(__name__)
 
-SYSTEM_USER = "system"
 MAX_SHORT_CODE = 999  # ack codes stay three digits, apart from PINs (four or more)
 _NO_PREFERENCES = ChannelSettings()
-
-
-class AlarmSpec(BaseModel):
-    """An alarm as a source raises it (HTTP API, CLI, scripts). Keys are camelCase as in
-    Ignition (``displayPath``, ``eventValue``); snake_case is accepted too."""
-
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
-
-    source: str = Field(min_length=1, max_length=500)
-    name: str | None = Field(None, max_length=500)
-    display_path: str | None = Field(None, max_length=500)
-    label: str | None = Field(None, max_length=500)
-    priority: Priority | None = None
-    event_value: Any = None
-    notes: str = ""
-    ack_mode: AckMode | None = None
-    ack_notes_required: bool | None = None
-    properties: dict[str, Any] = {}
-    pipelines: dict[str, str] = {}
-
-    @field_validator("priority", mode="before")
-    @classmethod
-    def _priority(cls, v: Any) -> Priority | None:
-        return None if v is None else Priority.parse(v)
-
-    @field_validator("pipelines")
-    @classmethod
-    def _transitions(cls, v: dict[str, str]) -> dict[str, str]:
-        return check_pipeline_keys(v)
 
 
 class Gateway:
@@ -111,6 +81,9 @@ class Gateway:
         for name, settings in config.profiles.items():
             kind = config.settings.profiles[name]["type"]
             self.profiles[name] = types[kind](name, settings, self)
+        self.profile_watch = ProfileWatch(config.gateway.profile_alarms, self.dispatcher.health, self.profiles,
+                                          self.dispatcher.waiting_counts, self.events, self.raise_alarms,
+                                          self.clear, self._save_event)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -126,7 +99,7 @@ class Gateway:
         self.hook.annunciator_register_tags(gateway=self, tags=self.tags)
         await self._recover()
         self.timers.start()
-        self._watcher = asyncio.ensure_future(self._watch_profiles())
+        self._watcher = asyncio.ensure_future(self.profile_watch.run())
         for result in self.hook.annunciator_startup(gateway=self):
             if inspect.isawaitable(result):
                 await result
@@ -277,82 +250,13 @@ class Gateway:
                 continue
             log.info("resending notification %s to %s (pending at shutdown)", n.id, user.username)
             self.dispatcher.submit_committed(n)
-        self._resume_profile_alarms()
+        self.profile_watch.resume(self.current)
         # events loaded only for the notifications above are finished: the notifications hold them
         for event in [e for e in self.events.values() if e.done]:
             self.forget_if_done(event)
         self.refresh_tags_soon()
 
     # --- the gateway watching its profiles --------------------------------------------------
-
-    async def _watch_profiles(self, every: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                with units.fresh("profile check"):
-                    await self.check_profiles()
-            except Exception:  # the watcher must outlive any one bad check
-                log.exception("checking the notification profiles failed")
-
-    async def check_profiles(self) -> None:
-        """Raise the gateway's own alarm for a profile failing longer than
-        ``gateway.profile_alarms.after`` while pages wait for it (or were given up); clear it once
-        the profile sends again."""
-        settings = self.config.gateway.profile_alarms
-        if not settings.enabled:
-            return
-        now = utcnow()
-        waiting = self.dispatcher.waiting_counts()
-        for name, state in list(self.dispatcher.health.states.items()):
-            if name not in self.profiles:
-                # raised before a restart for a profile the config no longer has: nothing will
-                # ever send through it again, so nothing would ever clear it
-                event = self.events.get(state.alarm_event or "")
-                state.alarm_event = state.failing_since = None
-                if event is not None and event.active:
-                    await self.clear([event.id], SYSTEM_USER, f"profile {name} is no longer configured")
-                continue
-            if state.failing_since is None:
-                if state.alarm_event is not None:
-                    event = self.events.get(state.alarm_event)
-                    state.alarm_event = None
-                    if event is not None and event.active:
-                        await self.clear([event.id], SYSTEM_USER, f"profile {name} sends again")
-                        log.warning("profile %s sends again: its alarm is cleared", name)
-                continue
-            since = state.failing_since.strftime("%H:%M:%S UTC")
-            text = (f"failing since {since}: {waiting.get(name, 0)} notification(s) waiting"
-                    + (f", {state.given_up} given up" if state.given_up else "")
-                    + (f"; last error: {state.last_error[:200]}" if state.last_error else ""))
-            if state.alarm_event is not None:
-                event = self.events.get(state.alarm_event)
-                if event is not None and event.active:
-                    if event.event_value != text:
-                        event.event_value = text  # the value follows what waits, as a tag alarm's does
-                        self._save_event(event)
-                    continue
-                # cleared by hand (or refused by the database) while the profile still fails: the
-                # condition holds, so it is raised again, as a tag alarm would be
-                state.alarm_event = None
-            if (now - state.failing_since).total_seconds() < settings.after:
-                continue
-            if not waiting.get(name) and not state.given_up:
-                continue
-            spec = AlarmSpec(source=f"annunciator/profiles/{name}", name=f"Profile {name} failing",
-                             display_path=f"Gateway/Profiles/{name}", priority=settings.priority,
-                             event_value=text,
-                             pipelines={"active": settings.pipeline} if settings.pipeline else {})
-            [(event, _)] = await self.raise_alarms([spec])
-            state.alarm_event = event.id
-            log.error("profile %s %s (alarm %s)", name, text, event.id)
-
-    def _resume_profile_alarms(self) -> None:
-        """After a restart a raised profile alarm stays until its profile sends again."""
-        for source, event in self.current.items():
-            if source.startswith("annunciator/profiles/"):
-                state = self.dispatcher.health.state(source.removeprefix("annunciator/profiles/"))
-                state.failing_since = state.failing_since or event.active_time
-                state.alarm_event = event.id
 
     # --- tags -----------------------------------------------------------------------------
 
