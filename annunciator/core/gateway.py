@@ -34,6 +34,7 @@ from .profile_watch import ProfileWatch
 from .profiles import NotificationProfile
 from .rows import event_from_row, event_row
 from .store import Store
+from .system_tags import SystemTags
 from .tag_provider import TagProvider
 from .timers import Timers
 from .users import User, load_secret, pin_matches, set_pin
@@ -75,12 +76,12 @@ class Gateway:
         # per-gateway state of plugins (e.g. "twilio": the accounts the SMS and voice plugins share)
         self.extensions: dict[str, Any] = {}
         self.started = False
-        self._tags_pending = False
         self._watcher: asyncio.Task[None] | None = None
         types = plugins.profile_types()
         for name, settings in config.profiles.items():
             kind = config.settings.profiles[name]["type"]
             self.profiles[name] = types[kind](name, settings, self)
+        self.system_tags = SystemTags(self.tags, self.events, self.engine.live, self.dispatcher)
         self.profile_watch = ProfileWatch(config.gateway.profile_alarms, self.dispatcher.health, self.profiles,
                                           self.dispatcher.waiting_counts, self.events, self.raise_alarms,
                                           self.clear, self._save_event)
@@ -95,7 +96,7 @@ class Gateway:
         await self.oncall.load()  # runtime overrides (API/CLI) that have not ended
         for profile in self.profiles.values():
             await profile.start()
-        self._define_tags()
+        self.system_tags.define()
         self.hook.annunciator_register_tags(gateway=self, tags=self.tags)
         await self._recover()
         self.timers.start()
@@ -260,64 +261,9 @@ class Gateway:
 
     # --- tags -----------------------------------------------------------------------------
 
-    def _define_tags(self) -> None:
-        for name in ("ActiveUnacked", "ActiveAcked", "ClearUnacked", "Shelved"):
-            self.tags.define(f"System/Gateway/Alarms/{name}", "Int4", 0)
-        for name in ("Sent", "Failed"):
-            self.tags.define(f"System/Gateway/Notifications/{name}", "Int8", 0)
-        self.tags.define("System/Gateway/Pipelines/Running", "Int4", 0)
-        # the Alarming folder, as the issue names it: what an operator's dashboard shows
-        for p in Priority:
-            self.tags.define(f"System/Gateway/Alarming/ActiveUnacked/{p.name.title()}", "Int4", 0,
-                             doc=f"active, unacknowledged, unshelved alarms of priority {p.name.title()}")
-        self.tags.define("System/Gateway/Alarming/PipelinesRunning", "Int4", 0)
-        self.tags.define("System/Gateway/Alarming/NotificationsPending", "Int4", 0,
-                         doc="notifications stored and not yet sent, failed or cancelled")
-        self.tags.define("System/Gateway/Alarming/NotificationsWaiting", "Int4", 0,
-                         doc="notifications waiting for a retry after a failed attempt")
-        self.tags.define("System/Gateway/Alarming/NotificationsFailed", "Int8", 0,
-                         doc="notifications failed since the gateway started")
-
     def refresh_tags_soon(self) -> None:
-        """Refresh the count tags soon: counting walks every open event, so during a flood the
-        refreshes are coalesced to one per second rather than one per API call."""
-        if self._tags_pending:
-            return
-        self._tags_pending = True
-
-        def refresh() -> None:
-            self._tags_pending = False
-            self._refresh_alarm_tags()
-
-        try:
-            asyncio.get_running_loop().call_later(1.0 if self.started else 0, refresh)
-        except RuntimeError:
-            refresh()
-
-    def _refresh_alarm_tags(self) -> None:
-        counts = {"ActiveUnacked": 0, "ActiveAcked": 0, "ClearUnacked": 0, "Shelved": 0}
-        for e in self.events.values():
-            if e.shelved:
-                counts["Shelved"] += 1
-            elif e.state in counts:
-                counts[e.state] += 1
-        by_priority = dict.fromkeys(Priority, 0)
-        for e in self.events.values():
-            if e.active and not e.acknowledged and not e.shelved:
-                by_priority[e.priority] += 1
-        for name, value in counts.items():
-            if self.tags.read(f"System/Gateway/Alarms/{name}").value != value:
-                self.tags.write(f"System/Gateway/Alarms/{name}", value)
-        # write() tells subscribers (MQTT) only of values that changed
-        for p, value in by_priority.items():
-            self.tags.write(f"System/Gateway/Alarming/ActiveUnacked/{p.name.title()}", value)
-        self.tags.write("System/Gateway/Alarming/PipelinesRunning", len(self.engine.live))
-        self.tags.write("System/Gateway/Alarming/NotificationsPending", self.dispatcher.pending())
-        self.tags.write("System/Gateway/Alarming/NotificationsWaiting", len(self.dispatcher.waiting()))
-        self.tags.write("System/Gateway/Alarming/NotificationsFailed", self.dispatcher.failed)
-        self.tags.write("System/Gateway/Pipelines/Running", len(self.engine.live))
-        self.tags.write("System/Gateway/Notifications/Sent", self.dispatcher.sent)
-        self.tags.write("System/Gateway/Notifications/Failed", self.dispatcher.failed)
+        """Refresh the System/ count tags soon (coalesced: see SystemTags)."""
+        self.system_tags.refresh_soon(started=self.started)
 
     # --- alarm lifecycle ------------------------------------------------------------------
 
