@@ -37,7 +37,8 @@ from .store import Store
 from .system_tags import SystemTags
 from .tag_provider import TagProvider
 from .timers import Timers
-from .users import User, load_secret, pin_matches, set_pin
+from .user_directory import UserDirectory
+from .users import User, load_secret
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ class Gateway:
         self.current: dict[str, AlarmEvent] = {}  # source -> its active event
         self.shelves: dict[str, dict[str, Any]] = {}
         self.history = History(self.store, self.audit, self.events, self.engine.live, self.held)
-        self.users: dict[str, User] = {}
-        self.users_by_id: dict[int, User] = {}
+        self.directory = UserDirectory(self.store, config.settings.users, lambda: self.secret)
+        self.users = self.directory.users
+        self.users_by_id = self.directory.by_id
         self.profiles: dict[str, NotificationProfile] = {}
         self.secret = b""
         # per-gateway state of plugins (e.g. "twilio": the accounts the SMS and voice plugins share)
@@ -92,7 +94,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.open, loop)
         self.secret = load_secret(self.config.resolve(self.config.gateway.secret_file))
-        await self._sync_users()
+        await self.directory.sync()
         await self.oncall.load()  # runtime overrides (API/CLI) that have not ended
         for profile in self.profiles.values():
             await profile.start()
@@ -128,71 +130,19 @@ class Gateway:
             await profile.stop()
         await self.store.close()
 
-    async def _sync_users(self) -> None:
-        """Config users are the source of truth for names and contacts; PIN hashes, lockout
-        counters and numeric ids live in the database."""
-        configured = self.config.settings.users
-
-        def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            return [dict(r._mapping) for r in conn.execute(sa.select(schema.users))]
-
-        stored = {r["username"]: r for r in await self.store.read(load)}
-        # ids start at 0, as in the seed module (scripts call system.twilio.getUser(0))
-        next_id = max([r["id"] for r in stored.values()] + [u.id for u in configured.values() if u.id is not None],
-                      default=-1) + 1
-        for username, us in configured.items():
-            row = stored.get(username)
-            user = User(username=username, name=us.name, language=us.language,
-                        contacts=dict(us.contacts))  # type: ignore[arg-type]
-            if row is not None:
-                user.id = row["id"]
-                user.pin_hash, user.pin_salt = row["pin_hash"], row["pin_salt"]
-                user.pin_failures, user.locked_until = row["pin_failures"], row["locked_until"]
-                user.pin_failed_at = row["pin_failed_at"]
-            else:
-                user.id = us.id if us.id is not None else next_id
-                next_id = max(next_id, user.id) + 1
-            if us.pin is not None and not pin_matches(user, self.secret, us.pin):
-                set_pin(user, self.secret, us.pin)
-            values = {"username": username, "name": user.name, "language": user.language,
-                      "contacts": user.contacts, "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
-                      "pin_failures": user.pin_failures, "locked_until": user.locked_until,
-                      "pin_failed_at": user.pin_failed_at}
-            if row is None:
-                self.store.insert(schema.users, {"id": user.id, **values})
-            else:
-                self.store.update(schema.users, user.id, values)
-            self.users[username] = user
-            self.users_by_id[user.id] = user
-        await self.store.commit()
-
     def get_user(self, username: str) -> User:
-        user = self.users.get(username)
-        if user is None:
-            raise NotFound(f"no user {username!r}; known: {', '.join(sorted(self.users)) or '(none)'}")
-        return user
+        return self.directory.get(username)
 
     def set_user_pin(self, username: str, pin: str) -> User:
         """Set a PIN (stored only as its keyed hash); clears any lockout."""
-        if not pin.isascii() or not pin.isdigit() or not 4 <= len(pin) <= 12:
-            raise Invalid("expected a PIN of 4 to 12 digits")
-        user = self.get_user(username)
-        set_pin(user, self.secret, pin)
-        self.save_user(user)
-        return user
+        return self.directory.set_pin(username, pin)
 
     def unlock_user(self, username: str) -> User:
-        user = self.get_user(username)
-        user.pin_failures, user.locked_until, user.pin_failed_at = 0, None, None
-        self.save_user(user)
-        return user
+        return self.directory.unlock(username)
 
     def save_user(self, user: User) -> None:
         """Persist PIN and lockout state after a check."""
-        self.store.update(schema.users, user.id, {
-            "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
-            "pin_failures": user.pin_failures, "locked_until": user.locked_until,
-            "pin_failed_at": user.pin_failed_at})
+        self.directory.save(user)
 
     async def _recover(self) -> None:
         """Load open events, shelves, running pipeline instances and unsent notifications."""
