@@ -7,6 +7,7 @@ One ``TwilioService`` per gateway, shared by the SMS and voice plugins (``twilio
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 EMULATED_NUMBER = "+15005550006"  # Twilio's "always succeeds" test number: a familiar default
 
 EMULATOR_ENTRY_POINTS = "annunciator.twilio_emulator"
+BUILTIN_EMULATOR = ("annunciator.testing.twilio", "TwilioEmulator")
 
 
 def emulator_class() -> Any:
@@ -36,10 +38,16 @@ def emulator_class() -> Any:
     imports the test harness that ships it; another package can offer its own. The built-in one is
     ``annunciator.testing.twilio:TwilioEmulator``."""
     found = sorted(entry_points(group=EMULATOR_ENTRY_POINTS), key=lambda ep: (ep.name != "builtin", ep.name))
-    if not found:
+    if found:
+        return found[0].load()
+    # installed without its metadata (an old editable install, a vendored copy): the built-in one,
+    # by name, as the entry point would have named it
+    try:
+        return getattr(importlib.import_module(BUILTIN_EMULATOR[0]), BUILTIN_EMULATOR[1])
+    except ImportError as exc:
         raise RuntimeError("a Twilio account has no credentials and no Twilio emulator is installed "
-                           f"(entry point group {EMULATOR_ENTRY_POINTS}); set account_sid and auth_token")
-    return found[0].load()
+                           f"(entry point group {EMULATOR_ENTRY_POINTS}); set account_sid and auth_token"
+                           ) from exc
 
 
 @dataclass
