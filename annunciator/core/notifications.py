@@ -192,6 +192,9 @@ class Dispatcher:
             log.error("notification %s to %s via %s was not stored: the database refused it; not sent",
                       n.id, n.user.username, n.profile)
         n.status = CANCELLED
+        self._untrack(n)
+
+    def _untrack(self, n: Notification) -> None:
         self._live.pop(n.id, None)
         ids = self._by_instance.get(n.instance_id or "")
         if ids is not None:
@@ -317,12 +320,7 @@ class Dispatcher:
         n.status = status
         if error is not None:
             n.last_error = error
-        self._live.pop(n.id, None)
-        ids = self._by_instance.get(n.instance_id or "")
-        if ids is not None:
-            ids.discard(n.id)
-            if not ids:
-                del self._by_instance[n.instance_id or ""]
+        self._untrack(n)
         if status == SENT:
             self.sent += 1
             self._audit(n, Code.NOTIFICATION_SENT, n.message)

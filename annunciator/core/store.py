@@ -351,8 +351,8 @@ class Store:
         unit = units.current()
         if unit is None:
             return
-        batch = self._current()
-        if (table, key) in batch.owners:
+        batch = self._batch  # not _current(): depending on a row writes nothing, so no flush is due
+        if batch is not None and (table, key) in batch.owners:
             batch.own(table, key, unit)
             return
         inflight = self._inflight

@@ -16,7 +16,7 @@ from annunciator.core.pipeline import END, Block, BlockSettings, Next
 from .gateway_scripts import GatewayScripts, check_scripts, script_routes
 from .namespaces import AlarmFunctions, TagFunctions, UtilFunctions
 from .runner import ERRORS_TAG, LAST_ERROR_TAG, Bridge, Script, run_script, scripting_system
-from .settings import ScriptsSettings
+from .settings import ScriptsSettings, one_source
 
 if TYPE_CHECKING:
     from annunciator.core.gateway import Gateway
@@ -42,8 +42,7 @@ class ScriptBlock(Block):
 
         @model_validator(mode="after")
         def _one(self) -> ScriptBlock.Settings:
-            if bool(self.script) == bool(self.code):
-                raise ValueError("give either script: FILE (in the scripts folder) or code: TEXT")
+            one_source(self.script, self.code)
             return self
 
     _compiled: Script | None = None

@@ -10,6 +10,12 @@ from pydantic import BeforeValidator, model_validator
 from annunciator.core.config import Duration, StrictModel
 
 
+def one_source(script: str | None, code: str | None) -> None:
+    """A script is a file or inline code, never both or neither (gateway scripts, Script blocks)."""
+    if bool(script) == bool(code):
+        raise ValueError("give either script: FILE (in the scripts folder) or code: TEXT")
+
+
 class ScriptSettings(StrictModel):
     """One script: a file in ``gateway.scripts_dir`` or inline code."""
 
@@ -20,8 +26,7 @@ class ScriptSettings(StrictModel):
 
     @model_validator(mode="after")
     def _one(self) -> ScriptSettings:
-        if bool(self.script) == bool(self.code):
-            raise ValueError("give either script: FILE (in the scripts folder) or code: TEXT")
+        one_source(self.script, self.code)
         return self
 
     @property

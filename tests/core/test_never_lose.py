@@ -237,15 +237,20 @@ def _cure(url: str) -> None:
     engine.dispose()
 
 
+def _good_and_poisoned(good: int) -> list[bytes]:
+    """``good`` alarm bodies raising plant/line-N into "page", then one the trigger refuses."""
+    bodies = [json.dumps({"source": f"plant/line-{i}", "name": f"line {i}", "pipelines": {"active": "page"}}
+                         ).encode() for i in range(good)]
+    return [*bodies, b'{"source": "poison/valve", "name": "valve", "pipelines": {"active": "page"}}']
+
+
 def test_a_row_the_database_refuses_fails_only_its_own_request(tmp_path, gateway_config, webhook_receiver):
     gateway_config["pipelines"] = {"page": page()}
     url = gateway_config["gateway"]["database"]
     proc = _process(tmp_path, gateway_config)
     try:
         _poison(url)
-        bodies = [json.dumps({"source": f"plant/line-{i}", "pipelines": {"active": "page"}}).encode()
-                  for i in range(20)]
-        bodies.append(b'{"source": "poison/valve", "pipelines": {"active": "page"}}')
+        bodies = _good_and_poisoned(20)
         answers = _concurrently(proc.url, _token(gateway_config), bodies)
         assert [a.status_code for a in answers[:20]] == [201] * 20
         assert answers[20].status_code == 500 and "refused" in answers[20].json()["error"]
@@ -280,9 +285,7 @@ def test_a_refused_alarm_pages_nobody_even_when_its_pipeline_awaits_first(tmp_pa
     proc = _process(tmp_path, gateway_config)
     try:
         _poison(url)
-        bodies = [json.dumps({"source": f"plant/line-{i}", "name": f"line {i}", "pipelines": {"active": "page"}}
-                             ).encode() for i in range(10)]
-        bodies.append(b'{"source": "poison/valve", "name": "valve", "pipelines": {"active": "page"}}')
+        bodies = _good_and_poisoned(10)
         answers = _concurrently(proc.url, _token(gateway_config), bodies)
         assert [a.status_code for a in answers] == [201] * 10 + [500], [a.text for a in answers]
         wait_until(lambda: len(delivered(webhook_receiver)) == 10, what="the 10 good pages")
@@ -326,9 +329,7 @@ def test_a_refused_alarm_is_left_out_of_a_consolidated_message(tmp_path, gateway
     proc = _process(tmp_path, gateway_config)
     try:
         _poison(url)
-        bodies = [json.dumps({"source": f"plant/line-{i}", "name": f"line{i}", "pipelines": {"active": "page"}}
-                             ).encode() for i in range(6)]
-        bodies.append(b'{"source": "poison/valve", "name": "valve", "pipelines": {"active": "page"}}')
+        bodies = _good_and_poisoned(6)
         answers = _concurrently(proc.url, _token(gateway_config), bodies)
         assert [a.status_code for a in answers] == [201] * 6 + [500]
         [message] = webhook_receiver.wait_for(1, timeout=15)
