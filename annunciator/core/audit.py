@@ -59,25 +59,32 @@ class AuditLog:
                     notification_ids: list[str] | None = None, since: datetime | None = None,
                     until: datetime | None = None, limit: int = 500) -> list[dict[str, Any]]:
         """Entries oldest first (the newest ``limit`` of those that match)."""
-        a = schema.audit
+        return await self.store.read(lambda conn: select(
+            conn, user=user, code=code, event_id=event_id, notification_ids=notification_ids,
+            since=since, until=until, limit=limit))
 
-        def load(conn: sa.Connection) -> list[dict[str, Any]]:
-            q = schema.narrow(sa.select(a).order_by(a.c.id.desc()), a, since, until, username=user, code=code)
-            if notification_ids is not None:
-                q = q.where(a.c.notification_id.in_(notification_ids))
-            if event_id:
-                # event ids sit in a JSON list; narrowing by text first keeps this portable
-                q = q.where(sa.cast(a.c.event_ids, sa.Text).contains(event_id))
-            rows = []
-            for r in conn.execute(q):
-                if event_id and event_id not in (r.event_ids or []):
-                    continue
-                rows.append(_entry(r))
-                if len(rows) >= limit:
-                    break
-            return rows
 
-        return list(reversed(await self.store.read(load)))
+def select(conn: sa.Connection, *, user: str | None = None, code: str | None = None,
+           event_id: str | None = None, notification_ids: list[str] | None = None,
+           since: datetime | None = None, until: datetime | None = None,
+           limit: int = 500) -> list[dict[str, Any]]:
+    """Audit entries oldest first, read on ``conn`` (so a caller can read them in one snapshot
+    with other tables)."""
+    a = schema.audit
+    q = schema.narrow(sa.select(a).order_by(a.c.id.desc()), a, since, until, username=user, code=code)
+    if notification_ids is not None:
+        q = q.where(a.c.notification_id.in_(notification_ids))
+    if event_id:
+        # event ids sit in a JSON list; narrowing by text first keeps this portable
+        q = q.where(sa.cast(a.c.event_ids, sa.Text).contains(event_id))
+    rows = []
+    for r in conn.execute(q):
+        if event_id and event_id not in (r.event_ids or []):
+            continue
+        rows.append(_entry(r))
+        if len(rows) >= limit:
+            break
+    return list(reversed(rows))
 
 
 def _entry(r: Any) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class Gateway:
         self._freed_codes: list[int] = []
         self.current: dict[str, AlarmEvent] = {}  # source -> its active event
         self.shelves: dict[str, dict[str, Any]] = {}
-        self.history = History(self.store, self.audit, self.events, self.engine.live, self.held)
+        self.history = History(self.store, self.events, self.engine.live, self.held)
         self.directory = UserDirectory(self.store, config.settings.users, lambda: self.secret)
         self.users = self.directory.users
         self.users_by_id = self.directory.by_id

@@ -727,8 +727,19 @@ class Store:
         return None
 
     def _run_read(self, fn: Callable[[Connection], T]) -> T:
+        # One snapshot per read: a reader that queries several tables (an event's story) must
+        # not see a commit land between its queries, e.g. a notification failed without the
+        # trace line written in the same commit.
         with self.engine.connect() as conn:
-            return fn(conn)
+            if conn.dialect.name == "sqlite":
+                # the sqlite3 driver opens no transaction for a SELECT; WAL gives BEGIN a snapshot
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            try:
+                return fn(conn)
+            finally:
+                conn.rollback()
 
     def read_sync(self, fn: Callable[[Connection], T]) -> T:
         """For start-up and the CLI, before the loop runs."""

@@ -175,3 +175,33 @@ def test_a_batch_whose_commit_was_cut_off_is_not_written_twice(annunciator_datab
         return rows
 
     assert sorted(asyncio.run(main())) == [("s0", "first"), ("s1", "first"), ("s2", "first")]
+
+
+def test_a_read_sees_one_snapshot_even_when_a_commit_lands_between_its_queries(annunciator_database_url):
+    """An event's story reads several tables; a commit landing between two of its queries must
+    not show a notification as failed without the trace line written with it."""
+    async def main() -> tuple[int, int]:
+        store = Store(annunciator_database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, store.open, loop)
+        now = utcnow()
+        other = create_engine(annunciator_database_url)
+        shelves = schema.shelves
+
+        def count(conn: sa.Connection) -> int:
+            return conn.execute(sa.select(sa.func.count()).select_from(shelves)).scalar_one()
+
+        def read(conn: sa.Connection) -> tuple[int, int]:
+            before = count(conn)
+            with other.begin() as writer:  # another gateway's commit, between our two queries
+                writer.execute(shelves.insert().values(source="late", expires_at=now, user="u",
+                                                       notes="", created=now))
+            return before, count(conn)
+
+        result = await store.read(read)
+        other.dispose()
+        await store.close()
+        return result
+
+    before, after = asyncio.run(main())
+    assert before == after == 0
