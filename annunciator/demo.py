@@ -19,7 +19,8 @@ from typing import Any
 import click
 
 from . import hookimpl
-from .core.gateway import AlarmSpec, Gateway
+from .core.alarm_spec import AlarmSpec
+from .core.gateway import Gateway
 from .core.plugins import default_manager
 from .launch import load, serve, setup_logging
 
@@ -48,11 +49,11 @@ class DemoPlugin:
     async def _raise(self) -> None:
         gw = self.gateway
         assert gw is not None
-        event = gw.current.get(DEMO_SOURCE)
+        event = gw.alarms.current.get(DEMO_SOURCE)
         if event is None:
             spec = AlarmSpec(source=DEMO_SOURCE, name="Pump 1 fault", priority="High",
                              display_path="Plant/Pump 1", event_value=0.0)
-            [(event, _)] = await gw.raise_alarms([spec])
+            [(event, _)] = await gw.alarms.raise_alarms([spec])
             await gw.store.commit()
         port = gw.config.gateway.http.port
         api = f"--url http://127.0.0.1:{port} --token demo-token"

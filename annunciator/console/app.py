@@ -296,7 +296,7 @@ class Console:
         event = await self._event(ctx.request.path_params["id"])
         journal = await self.gw.history.journal(event_id=event.id, limit=200)
         sms_replies = await self.gw.audit.query(code="SMSReply", event_id=event.id, limit=200)
-        shelf = self.gw.shelves.get(event.source)
+        shelf = self.gw.alarms.shelves.get(event.source)
         shelved_until = shelf["expires_at"] if shelf and shelf["expires_at"] > utcnow() else None
         return ctx.render("alarm.html", status, event=event, journal=journal, replies=sms_replies,
                           error=error, done=ctx.request.query_params.get("done", ""),
@@ -309,7 +309,7 @@ class Console:
         event_id = ctx.request.path_params["id"]
         notes = ctx.field("notes", limit=2000)
         try:
-            await self.gw.acknowledge([event_id[:100]], ctx.username or "", notes, via="console")
+            await self.gw.alarms.acknowledge([event_id[:100]], ctx.username or "", notes, via="console")
         except NotFound as exc:
             raise Refused(404, str(exc))
         except (Conflict, Invalid) as exc:
@@ -325,14 +325,14 @@ class Console:
                 raise ValueError
         except ValueError:
             return await self.alarm(ctx, error="Shelve for: expected a number of minutes (up to a year)", status=422)
-        await self.gw.shelve([event.source], minutes, ctx.username, ctx.field("notes"))
+        await self.gw.alarms.shelve([event.source], minutes, ctx.username, ctx.field("notes"))
         await self.commit()
         return RedirectResponse(f"{PREFIX}/alarms/{event.id}?done=shelved", 303)
 
     async def unshelve(self, ctx: Ctx) -> Response:
         source = ctx.field("source", limit=500)
         try:
-            await self.gw.unshelve([source], ctx.username)
+            await self.gw.alarms.unshelve([source], ctx.username)
         except NotFound as exc:
             raise Refused(404, str(exc))
         await self.commit()
@@ -368,13 +368,13 @@ class Console:
                              "in_block": (now - b.entered).total_seconds() if b else 0.0,
                              "wake": b.wake_at if b else None, "why": b.why if b else ""})
         return ctx.render("pipelines.html", rows=rows, total=len(live), page=page, pages=pages,
-                          held=self.gw.held(), shelved=self.gw.shelved_sources(), waiting=self.gw.waiting(),
+                          held=self.gw.held(), shelved=self.gw.alarms.shelved_sources(), waiting=self.gw.waiting(),
                           pipelines=list(self.gw.pipelines.values()),
                           counts=_count_by(live, lambda i: i.pipeline.name))
 
     async def cancel(self, ctx: Ctx) -> Response:
         try:
-            self.gw.cancel_instance(ctx.request.path_params["id"][:100], ctx.username)
+            self.gw.engine.cancel_running(ctx.request.path_params["id"][:100], ctx.username)
         except NotFound as exc:
             raise Refused(404, str(exc))
         await self.commit()

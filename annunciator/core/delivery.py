@@ -90,7 +90,7 @@ class Delivery:
                                            f"using the pipeline's fallback roster {fallback_roster}")
             return self.on_call(origin, event, fallback_roster, values=values)
         origin.trace("notify-failed", f"nobody on call in roster {roster} and no fallback roster")
-        self.gateway.journal_note(event, "notify-failed", f"nobody on call in roster {roster}")
+        self.gateway.alarms.journal_note(event, "notify-failed", f"nobody on call in roster {roster}")
         return OnCallUsers(roster, [], res.order, res.ack_wait)
 
     # --- send -----------------------------------------------------------------------------
@@ -121,7 +121,7 @@ class Delivery:
             self.gateway.audit.record(Code.NO_CONTACT, user=user.username, text=why,
                                       event_ids=[e.id for e in events])
             for e in events:
-                self.gateway.journal_note(e, "notify-failed", why)
+                self.gateway.alarms.journal_note(e, "notify-failed", why)
             return 0
         for chain in p.chains:
             first, rest = chain[0], chain[1:]

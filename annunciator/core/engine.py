@@ -19,6 +19,7 @@ from . import schema
 from .alarms import AlarmEvent, new_id, utcnow
 from .audit import Code
 from .delivery import OnCallUsers, Origin
+from .errors import NotFound
 from .expressions import Expression
 from .pipeline import Fork, Jump, Next, Pipeline, Stop, Wait
 
@@ -318,7 +319,7 @@ class Engine:
         if status in (DROPPED, CANCELLED):
             self.gateway.dispatcher.cancel_instance(inst.id, why)
         self._save(inst)
-        self.gateway.forget_if_done(inst.event)
+        self.gateway.alarms.forget_if_done(inst.event)
 
     async def on_transition(self, event: AlarmEvent, transition: str, why: str) -> None:
         """Apply dropout (at once) and wake acknowledgement waits for an event's transition."""
@@ -360,7 +361,7 @@ class Engine:
         if self.gateway.events.get(inst.event.id) is inst.event:
             why = f"pipeline {inst.pipeline.name} could not be stored (the database refused it): it pages nobody"
             log.error("alarm %s (%s): %s", inst.event.id, inst.event.source, why)
-            self.gateway.journal_note(inst.event, "pipeline-refused", why)
+            self.gateway.alarms.journal_note(inst.event, "pipeline-refused", why)
             self.gateway.audit.record(Code.PIPELINE_REFUSED, text=why, event_ids=[inst.event.id],
                                       details={"pipeline": inst.pipeline.name, "instance": inst.id})
 
@@ -368,6 +369,13 @@ class Engine:
         inst = self.live.get(instance_id)
         if inst is not None:
             self._end(inst, CANCELLED, why)
+        return inst
+
+    def cancel_running(self, instance_id: str, user: str | None = None) -> Instance:
+        """Cancel a running instance by hand (API, CLI, console, scripts)."""
+        inst = self.cancel(instance_id, f"cancelled by {user}" if user else "cancelled")
+        if inst is None:
+            raise NotFound(f"no running pipeline instance {instance_id!r}")
         return inst
 
     # --- storage --------------------------------------------------------------------------

@@ -28,10 +28,11 @@ from starlette.routing import BaseRoute, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import http_limits, units
+from .alarm_spec import AlarmSpec
 from .alarms import utcnow
 from .config import join_path
 from .errors import Conflict, Invalid, NotFound, Refused, Unavailable
-from .gateway import AlarmSpec, Gateway
+from .gateway import Gateway
 from .oncall import OverrideInvalid, parse_when
 from .schedules import zone
 from .tag_types import TagError, TagNotFound, TagReadOnly
@@ -265,7 +266,7 @@ async def raise_alarms(gw: Gateway, request: Request) -> Response:
     try:
         # answer only once the events are durable; an event the database refused is forgotten
         # again, so a retry of this request raises it anew
-        results = await gw.raise_alarms_stored(body.alarms)
+        results = await gw.alarms.raise_alarms_stored(body.alarms)
     except TimeoutError:
         raise ApiError(503, "the database is not answering; the alarms are queued and will be stored "
                             "when it returns (repeating this request is safe)")
@@ -279,7 +280,7 @@ async def raise_alarms(gw: Gateway, request: Request) -> Response:
 async def list_alarms(gw: Gateway, request: Request) -> Response:
     q = request.query_params
     try:
-        events = gw.query_status(state=q.get("state"), priority=q.get("priority"),
+        events = gw.alarms.query_status(state=q.get("state"), priority=q.get("priority"),
                                  source=q.get("source"), display_path=q.get("displayPath"))
     except ValueError as exc:
         raise ApiError(422, f"priority: {exc}", [{"path": "priority", "message": str(exc)}])
@@ -297,21 +298,21 @@ async def alarm_trace(gw: Gateway, request: Request) -> Response:
 
 async def ack_one(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, AckBody)
-    events = await gw.acknowledge([request.path_params["id"]], body.user, body.notes, via=body.via)
+    events = await gw.alarms.acknowledge([request.path_params["id"]], body.user, body.notes, via=body.via)
     await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
 async def ack_many(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, AckManyBody)
-    events = await gw.acknowledge(body.event_ids, body.user, body.notes, via=body.via)
+    events = await gw.alarms.acknowledge(body.event_ids, body.user, body.notes, via=body.via)
     await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
 async def clear_one(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, ClearBody)
-    events = await gw.clear([request.path_params["id"]], body.user, body.notes)
+    events = await gw.alarms.clear([request.path_params["id"]], body.user, body.notes)
     await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
@@ -322,29 +323,29 @@ async def clear_many(gw: Gateway, request: Request) -> Response:
         raise ApiError(422, "give sources or eventIds", [{"path": "sources", "message": "required"}])
     events = []
     if body.sources:
-        events += await gw.clear_sources(body.sources, body.user, body.notes)
+        events += await gw.alarms.clear_sources(body.sources, body.user, body.notes)
     if body.event_ids:
-        events += await gw.clear(body.event_ids, body.user, body.notes)
+        events += await gw.alarms.clear(body.event_ids, body.user, body.notes)
     await _stored(gw)
     return _json({"events": [e.to_dict() for e in events]})
 
 
 async def shelve(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, ShelveBody)
-    expires = await gw.shelve(body.sources, body.minutes, body.user, body.notes)
+    expires = await gw.alarms.shelve(body.sources, body.minutes, body.user, body.notes)
     await _stored(gw)
     return _json({"sources": body.sources, "expiresAt": expires.isoformat()})
 
 
 async def unshelve(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, UnshelveBody)
-    await gw.unshelve(body.sources, body.user)
+    await gw.alarms.unshelve(body.sources, body.user)
     await _stored(gw)
     return _json({"sources": body.sources})
 
 
 async def shelved(gw: Gateway, request: Request) -> Response:
-    return _json({"shelved": gw.shelved_sources()})
+    return _json({"shelved": gw.alarms.shelved_sources()})
 
 
 def _limit(q: Any) -> int:
@@ -407,7 +408,7 @@ async def instance(gw: Gateway, request: Request) -> Response:
 
 async def cancel_instance(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, CancelBody)
-    inst = gw.cancel_instance(request.path_params["id"], body.user)
+    inst = gw.engine.cancel_running(request.path_params["id"], body.user)
     await _stored(gw)
     return _json(inst.to_dict())
 

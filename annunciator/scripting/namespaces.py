@@ -36,7 +36,7 @@ class AlarmFunctions:
 
     def acknowledge(self, eventIds: list[str] | str, notes: str = "", user: str = "script") -> list[str]:
         """Acknowledge events by id; returns the ids acknowledged. An unknown id raises."""
-        events = self._bridge.call(self._gw.acknowledge(_list(eventIds), user, notes or ""))
+        events = self._bridge.call(self._gw.alarms.acknowledge(_list(eventIds), user, notes or ""))
         return [e.id for e in events]
 
     def queryStatus(self, priority: Any = None, state: Any = None, source: Any = None,
@@ -56,7 +56,7 @@ class AlarmFunctions:
             for st in _list(state) or [None]:
                 for src in _list(source) or [None]:
                     for dp in _list(displayPath) or [None]:
-                        for e in self._gw.query_status(priority=priority, state=st, source=src, display_path=dp):
+                        for e in self._gw.alarms.query_status(priority=priority, state=st, source=src, display_path=dp):
                             if priorities is None or e.priority in priorities:
                                 found.setdefault(e.id, e)
             events = sorted(found.values(), key=lambda e: (-int(e.priority), e.active_time))
@@ -73,14 +73,14 @@ class AlarmFunctions:
 
     def shelve(self, paths: list[str] | str, timeoutMinutes: float = 15, user: str = "script") -> None:
         """Shelve sources for ``timeoutMinutes``: their new events are journaled but routed nowhere."""
-        self._bridge.call(self._gw.shelve(_list(paths), timeoutMinutes, user))
+        self._bridge.call(self._gw.alarms.shelve(_list(paths), timeoutMinutes, user))
 
     def unshelve(self, paths: list[str] | str, user: str = "script") -> None:
-        self._bridge.call(self._gw.unshelve(_list(paths), user))
+        self._bridge.call(self._gw.alarms.unshelve(_list(paths), user))
 
     def getShelvedPaths(self) -> list[str]:
         async def shelved() -> list[str]:
-            return [s["source"] for s in self._gw.shelved_sources()]
+            return [s["source"] for s in self._gw.alarms.shelved_sources()]
         return self._bridge.call(shelved())
 
     def listPipelines(self) -> list[str]:
@@ -94,7 +94,7 @@ class AlarmFunctions:
             count = 0
             for eid in _list(eventIds):
                 for inst in list(self._gw.engine.by_event.get(eid, {}).values()):
-                    self._gw.cancel_instance(inst.id, "script")
+                    self._gw.engine.cancel_running(inst.id, "script")
                     count += 1
             return count
         return self._bridge.call(run())

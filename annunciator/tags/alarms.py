@@ -86,7 +86,7 @@ class TagAlarms:
         are evaluated from the next write on, since config tag values start from the config."""
         for alarms in self.by_path.values():
             for a in alarms:
-                a.active = a.source in self.gateway.current
+                a.active = a.source in self.gateway.alarms.current
         self._task = self.loop.create_task(self._run(), name="tag-alarms")
         self.gateway.tags.subscribe(self._changed)
 
@@ -133,9 +133,9 @@ class TagAlarms:
                     log.exception("tag alarm %s could not be raised or cleared", source)
 
     async def _apply(self, source: str, alarm: Any, value: Any) -> None:
-        from ..core.gateway import AlarmSpec
+        from ..core.alarm_spec import AlarmSpec
 
-        event = self.gateway.current.get(source)
+        event = self.gateway.alarms.current.get(source)
         if alarm.active and event is None:
             s = alarm.settings
             spec = AlarmSpec(source=source, name=s.name,
@@ -144,8 +144,8 @@ class TagAlarms:
                              ack_mode=s.ack_mode, properties={**s.properties, "tagPath": alarm.path,
                                                               "setpoint": s.setpoint, "mode": s.mode},
                              pipelines=s.pipelines)
-            await self.gateway.raise_alarms([spec])
+            await self.gateway.alarms.raise_alarms([spec])
             log.info("tag alarm %s active (value %r)", source, value)
         elif not alarm.active and event is not None:
-            await self.gateway.clear_sources([source], None, f"tag value {value!r}")
+            await self.gateway.alarms.clear_sources([source], None, f"tag value {value!r}")
             log.info("tag alarm %s cleared (value %r)", source, value)

@@ -167,7 +167,7 @@ class AckPages:
                    for e in events if e.acknowledged]
         if todo:
             try:
-                await gw.acknowledge([e.id for e in todo], claim.user, notes or "acknowledged by email link",
+                await gw.alarms.acknowledge([e.id for e in todo], claim.user, notes or "acknowledged by email link",
                                      via="email")
             except (Conflict, Invalid, NotFound) as exc:
                 return self._error(profile, f"Not acknowledged: {exc}", 409)

@@ -219,7 +219,7 @@ class ImapPoller:
         if any(gw.events[i].ack_notes_required for i in todo) and not note:
             return self._outcome("EmailReplyIgnored", base, "notes are required: reply ACK PIN your notes", todo)
         try:
-            await gw.acknowledge(todo, user.username, note or "acknowledged by email reply", via="email")
+            await gw.alarms.acknowledge(todo, user.username, note or "acknowledged by email reply", via="email")
         except (Conflict, Invalid, NotFound) as exc:
             return self._outcome("EmailReplyIgnored", base, f"not acknowledged: {exc}", todo)
         await gw.store.commit()

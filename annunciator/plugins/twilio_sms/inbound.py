@@ -275,7 +275,7 @@ class Conversation:
         events: list[AlarmEvent] = []
         unknown = []
         for code in reply.codes:
-            event = self.gw.event_by_code(code)
+            event = self.gw.alarms.event_by_code(code)
             if event is None:
                 unknown.append(f"#{code}")
             else:
@@ -305,8 +305,8 @@ class Conversation:
         parts = []
         if todo:
             try:
-                await self.gw.acknowledge([e.id for e in todo], self.user.username, note or "acknowledged by SMS",
-                                          via="sms")
+                await self.gw.alarms.acknowledge([e.id for e in todo], self.user.username,
+                                                 note or "acknowledged by SMS", via="sms")
             except (Conflict, Invalid, NotFound) as exc:
                 return f"Not acknowledged: {exc}"
             parts.append("Acknowledged " + ", ".join(_short(e) for e in todo) + ".")
@@ -317,7 +317,7 @@ class Conversation:
 
     async def _status(self) -> str:
         limit = self.settings.status_limit if self.settings is not None else 5
-        open_ = self.gw.query_status(state="unacked")
+        open_ = self.gw.alarms.query_status(state="unacked")
         if not open_:
             return "No unacknowledged alarms."
         listed = "; ".join(_short(e) for e in open_[:limit])
@@ -331,12 +331,12 @@ class Conversation:
         if reply.kind == "test":
             minutes = reply.minutes or 60
             try:
-                expires = await self.gw.shelve([reply.source], minutes, self.user.username, "on test (SMS)")
+                expires = await self.gw.alarms.shelve([reply.source], minutes, self.user.username, "on test (SMS)")
             except Invalid as exc:
                 return str(exc)
             return f"{reply.source} on test until {expires:%H:%M} UTC."
         try:
-            await self.gw.unshelve([reply.source], self.user.username, "test ended (SMS)")
+            await self.gw.alarms.unshelve([reply.source], self.user.username, "test ended (SMS)")
         except NotFound as exc:
             return str(exc)
         return f"{reply.source} is back in service."
@@ -361,7 +361,7 @@ class Conversation:
             return self._valid(k.reply or done)
         if k.action == "shelve":
             for e in self._latest_events():
-                await self.gw.shelve([e.source], k.minutes, self._name, f"keyword {word} (SMS)")
+                await self.gw.alarms.shelve([e.source], k.minutes, self._name, f"keyword {word} (SMS)")
         self._valid("")
         return k.reply or None
 

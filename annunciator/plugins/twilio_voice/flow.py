@@ -234,7 +234,7 @@ class VoiceFlow:
         if profile is None or user is None:
             self.gateway.audit.record("VoiceUnknownCaller", contact=their, channel="voice", details={"callSid": sid})
             return self._xml(self._goodbye(None, "unknown_caller"))
-        events = self.gateway.query_status(state="unacked")[:INCOMING_ALARMS]
+        events = self.gateway.alarms.query_status(state="unacked")[:INCOMING_ALARMS]
         session = CallSession(id=new_id(), profile=profile.name, username=user.username,
                               event_ids=[e.id for e in events], their_number=their, our_number=our,
                               direction="in", call_sid=sid, message="(incoming call)", status="in-progress")
@@ -505,7 +505,7 @@ class VoiceFlow:
                 results[e.id] = "note"  # a keypad cannot give a note
                 continue
             try:
-                await self.gateway.acknowledge([e.id], session.username or "voice", "acknowledged by voice",
+                await self.gateway.alarms.acknowledge([e.id], session.username or "voice", "acknowledged by voice",
                                                via="voice")
                 results[e.id] = "ok"
             except (Conflict, Invalid, NotFound):
