@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import schema, units
+from . import journal, schema, units
 from .alarm_spec import AlarmSpec
 from .alarms import SYSTEM_USER, AckMode, AlarmEvent, Priority, Transition, utcnow
 from .audit import AuditLog, Code
@@ -44,7 +44,7 @@ class Alarms:
     def __init__(self, *, store: Store, audit: AuditLog, timers: Timers, engine: Engine, batches: Batches,
                  pipelines: Mapping[str, Pipeline], definitions: Sequence[AlarmDefinition],
                  commit_timeout: float, announce: Callable[[AlarmEvent, str], None],
-                 changed: Callable[[], None]):
+                 changed: Callable[[], None], events: dict[str, AlarmEvent] | None = None):
         self.store = store
         self.audit = audit
         self.timers = timers
@@ -55,7 +55,8 @@ class Alarms:
         self._commit_timeout = commit_timeout
         self._announce = announce  # plugins hear of each transition (annunciator_alarm_event)
         self._changed = changed  # the System/ count tags are refreshed soon
-        self.events: dict[str, AlarmEvent] = {}   # every event not yet cleared-and-acknowledged
+        # every event not yet cleared-and-acknowledged (and any a pipeline still carries)
+        self.events: dict[str, AlarmEvent] = {} if events is None else events
         self.by_code: dict[int, AlarmEvent] = {}  # ack code -> open event
         self.current: dict[str, AlarmEvent] = {}  # source -> its active event
         self.shelves: dict[str, dict[str, Any]] = {}
@@ -310,8 +311,7 @@ class Alarms:
                 for s, r in sorted(self.shelves.items()) if r["expires_at"] > now]
 
     def _journal(self, event: AlarmEvent, action: str, user: str | None, notes: str | None) -> None:
-        self.store.insert(schema.journal, {"event_id": event.id, "source": event.source, "ts": utcnow(),
-                                           "action": str(action), "user": user, "notes": notes or None})
+        journal.write(self.store, event, action, user, notes)
 
     def save_event(self, event: AlarmEvent) -> None:
         row = event_row(event)
@@ -346,9 +346,6 @@ class Alarms:
     def event_by_code(self, code: int) -> AlarmEvent | None:
         return self.by_code.get(code)
 
-    def journal_note(self, event: AlarmEvent, action: str, notes: str) -> None:
-        """A journal line about an event that is not a state change (e.g. nobody could be notified)."""
-        self._journal(event, action, None, notes)
 
     def query_status(self, *, state: str | None = None, priority: Any = None, source: str | None = None,
                      display_path: str | None = None) -> list[AlarmEvent]:

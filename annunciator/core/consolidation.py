@@ -7,7 +7,7 @@ sooner than ``frequency`` after the previous message of the same batch key (the 
 throttle). A batch of one alarm is sent with the block's message; larger ones with the summary.
 
 Nothing is held silently: the row, the trace of every alarm in it, the audit log and
-``Gateway.held()`` (pipeline status) say who is held, how many alarms, until when, and why.
+``Batches.held()`` (pipeline status) say who is held, how many alarms, until when, and why.
 """
 
 from __future__ import annotations
@@ -15,20 +15,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from . import schema
-from .alarms import DEFAULT_MESSAGE, AlarmEvent, Priority, utcnow
-from .audit import Code
+from .alarms import DEFAULT_MESSAGE, AlarmEvent, Priority, render_message, utcnow
+from .audit import AuditLog, Code
 from .config import Duration, StrictModel
 from .notifications import CANCELLED, CONSOLIDATED, HELD, Notification
+from .store import Store
+from .timers import Timers
+from .traces import Traces
 from .users import User
 
 if TYPE_CHECKING:
     from .delivery import Delivery, Origin
-    from .gateway import Gateway
+    from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +81,24 @@ def summary_values(events: list[AlarmEvent], listed: int) -> dict[str, Any]:
 
 
 class Batches:
-    def __init__(self, gateway: Gateway, delivery: Delivery):
-        self.gateway = gateway
+    """Held (consolidated) notifications, one batch per pipeline block and person. Part of
+    delivery: it is given delivery's store, audit log, timers, pipelines and trace writer, and
+    hands a due batch back to ``delivery.dispatch``."""
+
+    def __init__(self, *, store: Store, audit: AuditLog, timers: Timers, pipelines: Mapping[str, Pipeline],
+                 traces: Traces, delivery: Delivery):
+        self.store = store
+        self.audit = audit
+        self.timers = timers
+        self.pipelines = pipelines
+        self.traces = traces
         self.delivery = delivery
         self.open: dict[str, Batch] = {}
         self.by_event: dict[str, set[str]] = {}  # event id -> keys of open batches holding it
         self.last_sent: dict[str, datetime] = {}
 
     def _settings(self, pipeline: str | None, block: str | None) -> Any:
-        p = self.gateway.pipelines.get(pipeline or "")
+        p = self.pipelines.get(pipeline or "")
         if p is None or block not in p._by_name:
             return None
         return p.blocks[p.index_of(block)].settings
@@ -104,7 +117,7 @@ class Batches:
             self._schedule(batch, settings, now)
             holder.due_at = batch.due
             # shared: the held message is every alarm's that joins it, not the first one's
-            self.gateway.store.insert(schema.notifications, holder.row(),
+            self.store.insert(schema.notifications, holder.row(),
                                       on_refused=lambda: self._drop(key, holder), shared=True)
         else:
             if event.id in batch.ids:
@@ -115,7 +128,7 @@ class Batches:
             self._schedule(batch, settings, now)
             batch.holder.due_at = batch.due
             # folded into one write per store batch, however many alarms arrive in it
-            self.gateway.store.update(schema.notifications, batch.holder.id, {
+            self.store.update(schema.notifications, batch.holder.id, {
                 "event_ids": batch.holder.event_ids, "due_at": batch.due, "updated": now}, shared=True)
         if origin.instance_id:
             batch.origins[event.id] = origin.instance_id
@@ -123,7 +136,7 @@ class Batches:
         origin.trace("held", f"{user.username}: {batch.reason} [notification {batch.holder.id}, "
                              f"{len(batch.holder.events)} alarm(s)]")
         if len(batch.holder.events) == 1:
-            self.gateway.audit.record(Code.HELD, user=user.username, channel=profile, text=batch.reason,
+            self.audit.record(Code.HELD, user=user.username, channel=profile, text=batch.reason,
                                       event_ids=[event.id], notification_id=batch.holder.id)
 
     def _schedule(self, batch: Batch, s: ConsolidationSettings, now: datetime) -> None:
@@ -144,7 +157,7 @@ class Batches:
         # picked up when the timer fires (a flood must not reschedule a job per alarm)
         if batch.armed is None or due < batch.armed:
             batch.armed = due
-            self.gateway.timers.at(f"batch:{batch.key}", due, self._due, batch.key)
+            self.timers.at(f"batch:{batch.key}", due, self._due, batch.key)
 
     def _due(self, key: str) -> None:
         batch = self.open.get(key)
@@ -152,7 +165,7 @@ class Batches:
             return
         if batch.due > utcnow() + timedelta(milliseconds=5):
             batch.armed = batch.due
-            self.gateway.timers.at(f"batch:{key}", batch.due, self._due, key)
+            self.timers.at(f"batch:{key}", batch.due, self._due, key)
             return
         self.flush(key)
 
@@ -163,19 +176,19 @@ class Batches:
             batch = self.open.get(key)
             if batch is None:
                 continue
-            pipeline = self.gateway.pipelines.get(batch.holder.pipeline or "")
+            pipeline = self.pipelines.get(batch.holder.pipeline or "")
             if still_wanted(event, pipeline.dropout if pipeline else DEFAULT_DROPOUT):
                 continue
             batch.ids.discard(event.id)
             self._forget(event.id, key)
             if batch.ids:
                 batch.holder.events = [e for e in batch.holder.events if e.id != event.id]
-                self.gateway.store.update(schema.notifications, batch.holder.id, {
+                self.store.update(schema.notifications, batch.holder.id, {
                     "event_ids": batch.holder.event_ids, "updated": utcnow()}, shared=True)
                 continue
             # the last one: the row keeps it, so the alarm's story shows the withdrawn batch
             self.open.pop(key, None)
-            self.gateway.timers.cancel(f"batch:{key}")
+            self.timers.cancel(f"batch:{key}")
             what = (f"acknowledged by {event.ack_user or 'someone'}" if event.acknowledged
                     else "cleared" if not event.active else "shelved")
             why = (f"every alarm in it was acknowledged, cleared or shelved before the message was due "
@@ -183,7 +196,7 @@ class Batches:
             self._close(batch.holder, CANCELLED, why)
             self.delivery.origin_of(batch.holder).trace("held", f"{batch.holder.user.username}: batch withdrawn: "
                                                                 f"{why}")
-            self.gateway.audit.record(Code.NOTIFICATION_CANCELLED, user=batch.holder.user.username,
+            self.audit.record(Code.NOTIFICATION_CANCELLED, user=batch.holder.user.username,
                                       channel=batch.holder.profile, text=why, event_ids=[event.id],
                                       notification_id=batch.holder.id)
 
@@ -195,7 +208,7 @@ class Batches:
         if batch is None or batch.holder is not holder:
             return
         self.open.pop(key)
-        self.gateway.timers.cancel(f"batch:{key}")
+        self.timers.cancel(f"batch:{key}")
         for event_id in batch.ids:
             self._forget(event_id, key)
         holder.status = CANCELLED
@@ -214,11 +227,11 @@ class Batches:
             batch.holder.events = [e for e in batch.holder.events if e.id != event.id]
             self._forget(event.id, key)
             if batch.ids:
-                self.gateway.store.update(schema.notifications, batch.holder.id, {
+                self.store.update(schema.notifications, batch.holder.id, {
                     "event_ids": batch.holder.event_ids, "updated": utcnow()}, shared=True)
             else:
                 self.open.pop(key, None)
-                self.gateway.timers.cancel(f"batch:{key}")
+                self.timers.cancel(f"batch:{key}")
                 self._close(batch.holder, CANCELLED, "its only alarm was refused by the database")
 
     def _forget(self, event_id: str, key: str) -> None:
@@ -238,14 +251,14 @@ class Batches:
         settings = self._settings(holder.pipeline, holder.block)
         origin = self.delivery.origin_of(holder)
         now = utcnow()
-        pipeline = self.gateway.pipelines.get(holder.pipeline or "")
+        pipeline = self.pipelines.get(holder.pipeline or "")
         events = [e for e in holder.events if still_wanted(e, pipeline.dropout if pipeline else DEFAULT_DROPOUT)]
         if not events:
             why = (f"all {len(holder.events)} alarm(s) were acknowledged, cleared or shelved before the message "
                    "was due")
             self._close(holder, CANCELLED, why)
             origin.trace("held", f"{holder.user.username}: batch withdrawn, nothing left to send")
-            self.gateway.audit.record(Code.NOTIFICATION_CANCELLED, user=holder.user.username, channel=holder.profile,
+            self.audit.record(Code.NOTIFICATION_CANCELLED, user=holder.user.username, channel=holder.profile,
                                       text=why, event_ids=holder.event_ids, notification_id=holder.id)
             return
         # the block may have changed (or gone) since a restart: the alarms are still sent
@@ -253,14 +266,14 @@ class Batches:
         message = getattr(settings, "message", None) or DEFAULT_MESSAGE
         profiles = getattr(settings, "profiles", None) or [holder.profile]
         if len(events) == 1:
-            text = self.gateway.render(message, events[0])
+            text = render_message(message, events[0].template_values())
         else:
-            text = self.gateway.render_values(cons.message, summary_values(events, cons.listed))
+            text = render_message(cons.message, summary_values(events, cons.listed))
         holder.message = text
         self._close(holder, CONSOLIDATED, None if settings is not None else
                     f"block {holder.pipeline}/{holder.block} is no longer configured; sent with the default message")
         self.last_sent[key] = now
-        self.gateway.audit.record(Code.CONSOLIDATED, user=holder.user.username, channel=holder.profile, text=text,
+        self.audit.record(Code.CONSOLIDATED, user=holder.user.username, channel=holder.profile, text=text,
                                   event_ids=[e.id for e in events], notification_id=holder.id,
                                   details={"count": len(events), "held": len(holder.events)})
         count = self.delivery.dispatch(origin, holder.user, profiles, getattr(settings, "policy", None), text,
@@ -268,7 +281,7 @@ class Batches:
         for e in events[1:]:
             inst = batch.origins.get(e.id)
             if inst is not None:
-                self.gateway.engine.trace_line(inst, e.id, holder.block, "notify",
+                self.traces.line(inst, e.id, holder.block, "notify",
                                                f"{holder.user.username}: sent in a message of {len(events)} "
                                                f"alarms [batch {holder.id}]")
         log.info("batch %s: %d alarm(s) to %s in %d notification(s)", key, len(events), holder.user.username,
@@ -277,7 +290,7 @@ class Batches:
     def _close(self, holder: Notification, status: str, why: str | None) -> None:
         holder.status = status
         holder.last_error = why
-        self.gateway.store.update(schema.notifications, holder.id, {
+        self.store.update(schema.notifications, holder.id, {
             "status": status, "message": holder.message, "last_error": why, "event_ids": holder.event_ids,
             "updated": utcnow()})
 
@@ -289,7 +302,7 @@ class Batches:
         self.open[batch.key] = batch
         for event_id in batch.ids:
             self.by_event.setdefault(event_id, set()).add(batch.key)
-        self.gateway.timers.at(f"batch:{batch.key}", due, self._due, batch.key)
+        self.timers.at(f"batch:{batch.key}", due, self._due, batch.key)
 
     def held(self) -> list[dict[str, Any]]:
         """Pipeline status of every open batch: who, how many alarms, until when, why."""

@@ -9,23 +9,29 @@ when nobody could be reached at all, the alarm's journal.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
-from . import schema
-from .alarms import AlarmEvent, utcnow
-from .audit import Code
+from . import journal, schema
+from .alarms import AlarmEvent, render_message, utcnow
+from .audit import AuditLog, Code
 from .channels import plan
 from .consolidation import DEFAULT_DROPOUT, Batches, ConsolidationSettings, still_wanted
-from .notifications import Notification
+from .notifications import Notification, notification_from_row
+from .profiles import NotificationProfile
+from .store import Store
+from .timers import Timers
+from .traces import Traces
 from .users import User
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from .config import ChannelSettings, RetrySettings
+    from .oncall import Resolution
+    from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +70,49 @@ class OnCallUsers:
     ack_wait: float | None = None
 
 
+class Resolve(Protocol):
+    def __call__(self, roster: str, event: AlarmEvent, values: dict[str, Any] | None) -> Resolution:
+        """Who is on call in ``roster`` for ``event`` (core.roster_resolution)."""
+
+
+class Outbox(Protocol):
+    """Where planned notifications go (core.notifications.Dispatcher)."""
+
+    def submit(self, notification: Notification) -> None: ...
+
+    def discard(self, notification: Notification) -> None: ...
+
+
 class Delivery:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-        self.batches = Batches(gateway, self)
+    """Plans who gets which notification through which channels, and decides what a failed
+    channel leads to. It is given the store, audit log, timers and trace writer, the users and
+    profiles, the pipelines (for their dropout), the roster resolver, each person's channel
+    preferences, and the ``outbox`` that sends (core.notifications.Dispatcher)."""
+
+    def __init__(self, *, store: Store, audit: AuditLog, timers: Timers, traces: Traces,
+                 users: Mapping[str, User], profiles: Mapping[str, NotificationProfile],
+                 pipelines: Mapping[str, Pipeline], resolve: Resolve, retry: RetrySettings,
+                 preferences: Callable[[str], ChannelSettings], outbox: Outbox,
+                 known_events: Mapping[str, AlarmEvent]):
+        self.store = store
+        self.audit = audit
+        self.traces = traces
+        self.users = users
+        self.profiles = profiles
+        self.pipelines = pipelines
+        self.resolve = resolve
+        self.retry = retry
+        self.preferences = preferences
+        self.outbox = outbox
+        self._known_events = known_events  # open events, for a notification loaded from the store
+        self.batches = Batches(store=store, audit=audit, timers=timers, pipelines=pipelines,
+                               traces=traces, delivery=self)
         self._reported: dict[str, str] = {}  # provider id -> latest delivery status acted on
         self._recent: dict[str, Notification] = {}  # provider id -> notification, for delivery reports
+
+    def withdraw(self, event: AlarmEvent) -> None:
+        """The event no longer needs anyone: take it out of held (consolidated) batches."""
+        self.batches.withdraw(event)
 
     # --- who ------------------------------------------------------------------------------
 
@@ -77,20 +120,20 @@ class Delivery:
                 values: dict[str, Any] | None = None) -> OnCallUsers:
         """Resolve a roster for an event; trace why; use the fallback roster when nobody is on call.
         ``values`` (the event's and the pipeline's runtime properties) feed calculated rosters."""
-        res = self.gateway.resolve_roster(roster, event, values=values)
-        users = [self.gateway.users[u] if isinstance(u, str) else u for u in res.users]
+        res = self.resolve(roster, event, values)
+        users = [self.users[u] if isinstance(u, str) else u for u in res.users]
         origin.trace("on-call", f"roster {roster}: " + ("; ".join(res.why) if res.why else
                                                        ", ".join(u.username for u in users) or "nobody"))
         if users:
             return OnCallUsers(roster, users, res.order, res.ack_wait)
-        self.gateway.audit.record(Code.NOBODY_ON_CALL, text=f"roster {roster}: " + "; ".join(res.why),
+        self.audit.record(Code.NOBODY_ON_CALL, text=f"roster {roster}: " + "; ".join(res.why),
                                   event_ids=[event.id], details={"roster": roster})
         if fallback_roster and fallback_roster != roster:
             origin.trace("nobody-on-call", f"nobody on call in roster {roster}; "
                                            f"using the pipeline's fallback roster {fallback_roster}")
             return self.on_call(origin, event, fallback_roster, values=values)
         origin.trace("notify-failed", f"nobody on call in roster {roster} and no fallback roster")
-        self.gateway.alarms.journal_note(event, "notify-failed", f"nobody on call in roster {roster}")
+        journal.write(self.store, event, "notify-failed", None, f"nobody on call in roster {roster}")
         return OnCallUsers(roster, [], res.order, res.ack_wait)
 
     # --- send -----------------------------------------------------------------------------
@@ -106,22 +149,22 @@ class Delivery:
                 self.batches.add(origin, event, user, profiles[0], consolidation)
                 count += 1
             else:
-                text = self.gateway.render_values(message, values or event.template_values())
+                text = render_message(message, values or event.template_values())
                 count += self.dispatch(origin, user, profiles, policy, text, [event])
         return count
 
     def dispatch(self, origin: Origin, user: User, profiles: list[str], policy: str | None, text: str,
                  events: list[AlarmEvent], batch_key: str | None = None) -> int:
         """Plan the person's channels and queue the first notification of each chain."""
-        prefs = self.gateway.channel_preferences(user.username)
-        p = plan(user, profiles, self.gateway.profiles, policy, prefs.policy, prefs.order)
+        prefs = self.preferences(user.username)
+        p = plan(user, profiles, self.profiles, policy, prefs.policy, prefs.order)
         if not p.chains:
             why = f"{user.username} cannot be reached: " + "; ".join(p.missing)
             origin.trace("notify-failed", why)
-            self.gateway.audit.record(Code.NO_CONTACT, user=user.username, text=why,
+            self.audit.record(Code.NO_CONTACT, user=user.username, text=why,
                                       event_ids=[e.id for e in events])
             for e in events:
-                self.gateway.alarms.journal_note(e, "notify-failed", why)
+                journal.write(self.store, e, "notify-failed", None, why)
             return 0
         for chain in p.chains:
             first, rest = chain[0], chain[1:]
@@ -136,10 +179,10 @@ class Delivery:
 
     def _queue(self, n: Notification) -> None:
         if n.expires_at is None:  # a fallback keeps the deadline of the chain it continues
-            n.expires_at = n.created + timedelta(seconds=self.gateway.config.gateway.retry.max_age)
-        self.gateway.store.insert(schema.notifications, n.row(),
-                                  on_refused=lambda: self.gateway.dispatcher.discard(n))
-        self.gateway.dispatcher.submit(n)
+            n.expires_at = n.created + timedelta(seconds=self.retry.max_age)
+        self.store.insert(schema.notifications, n.row(),
+                                  on_refused=lambda: self.outbox.discard(n))
+        self.outbox.submit(n)
 
     # --- after sending --------------------------------------------------------------------
 
@@ -148,7 +191,7 @@ class Delivery:
 
         def trace(action: str, why: str) -> None:
             if n.instance_id:
-                self.gateway.engine.trace_line(n.instance_id, event_id, n.block, action, why)
+                self.traces.line(n.instance_id, event_id, n.block, action, why)
 
         return Origin(n.instance_id, event_id, n.pipeline, n.block, trace)
 
@@ -158,7 +201,7 @@ class Delivery:
 
     def unwanted_because(self, n: Notification) -> str | None:
         """Why no alarm of the notification needs anyone any more (None: one still does)."""
-        pipeline = self.gateway.pipelines.get(n.pipeline or "")
+        pipeline = self.pipelines.get(n.pipeline or "")
         dropout = pipeline.dropout if pipeline is not None else DEFAULT_DROPOUT
         if not n.events:
             return "its alarms are finished"
@@ -191,7 +234,7 @@ class Delivery:
         self._queue(new)
         origin.trace("fallback", f"{n.user.username} via {n.link} failed ({why}); trying {nxt} "
                                  f"[notification {new.id}]")
-        self.gateway.audit.record(Code.CHANNEL_FALLBACK, user=n.user.username, channel=nxt.profile,
+        self.audit.record(Code.CHANNEL_FALLBACK, user=n.user.username, channel=nxt.profile,
                                   contact=nxt.contact, text=f"{n.link} failed: {why}; trying {nxt}",
                                   event_ids=n.event_ids, notification_id=new.id,
                                   details={"from": n.id, "chainId": n.chain_id})
@@ -201,7 +244,7 @@ class Delivery:
         before it may have used the deadline up waiting out a long Retry-After or an outage."""
         if n.expires_at is None:
             return None
-        retry = self.gateway.config.gateway.retry
+        retry = self.retry
         floor = utcnow() + timedelta(seconds=min(retry.max_age, max(5 * retry.max_backoff, 60.0)))
         return max(n.expires_at, floor)
 
@@ -232,11 +275,11 @@ class Delivery:
             return True  # a replayed or late callback changes nothing
         n.delivery_status = status
         n.attempt_log.append({"at": utcnow().isoformat(), "status": status, "error": error})
-        self.gateway.store.update(schema.notifications, n.id, {
+        self.store.update(schema.notifications, n.id, {
             "delivery_status": status, "attempt_log": list(n.attempt_log), "updated": utcnow()})
         if status in DELIVERED or status in UNDELIVERED:
             code = Code.NOTIFICATION_DELIVERED if status in DELIVERED else Code.NOTIFICATION_UNDELIVERED
-            self.gateway.audit.record(code, user=n.user.username, channel=n.profile, contact=n.contact,
+            self.audit.record(code, user=n.user.username, channel=n.profile, contact=n.contact,
                                       text=f"{status}{': ' + error if error else ''}", event_ids=n.event_ids,
                                       notification_id=n.id, details={"providerId": provider_id})
         self.origin_of(n).trace("delivery", f"{n.user.username} via {n.link}: provider reports {status}"
@@ -252,11 +295,11 @@ class Delivery:
         def load(conn: sa.Connection) -> Any:
             return conn.execute(sa.select(t).where(t.c.provider_id == provider_id)).first()
 
-        row = await self.gateway.store.read(load)
+        row = await self.store.read(load)
         if row is None:
             return None
         row = dict(row._mapping)
-        user = self.gateway.users.get(row["username"])
+        user = self.users.get(row["username"])
         if user is None:
             return None
-        return self.gateway.notification_from_row(row, user)
+        return notification_from_row(row, user, self._known_events, self.retry.max_age)

@@ -13,18 +13,22 @@ import inspect
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import schema
+from . import journal, schema
 from .alarms import AlarmEvent, new_id, utcnow
-from .audit import Code
+from .audit import AuditLog, Code
 from .delivery import OnCallUsers, Origin
 from .errors import NotFound
 from .expressions import Expression
 from .pipeline import Fork, Jump, Next, Pipeline, Stop, Wait
 
+from .store import Store
+from .timers import Timers
+from .traces import Traces
+
 if TYPE_CHECKING:
-    from .gateway import Gateway
     from .users import User
 
 log = logging.getLogger(__name__)
@@ -119,8 +123,8 @@ class _Context:
         return self.instance.properties
 
     @property
-    def gateway(self) -> Gateway:
-        return self.engine.gateway
+    def services(self) -> Any:
+        return self.engine.services
 
     @property
     def block(self) -> Any:
@@ -139,12 +143,12 @@ class _Context:
         return Origin(inst.id, inst.event.id, inst.pipeline.name, self.block.name, self.trace)
 
     def on_call(self, roster: str) -> OnCallUsers:
-        return self.engine.gateway.delivery.on_call(self.origin(), self.event, roster,
-                                                    self.instance.pipeline.fallback_roster, self.values())
+        return self.engine.routing.on_call(self.origin(), self.event, roster,
+                                           self.instance.pipeline.fallback_roster, self.values())
 
     def send(self, profiles: list[str], users: list[User], message: str, **options: Any) -> int:
         options.setdefault("values", self.values())
-        return self.engine.gateway.delivery.send(self.origin(), self.event, users, profiles, message, **options)
+        return self.engine.routing.send(self.origin(), self.event, users, profiles, message, **options)
 
     def notify(self, profiles: list[str], roster: str, message: str, **options: Any) -> int:
         return self.send(profiles, self.on_call(roster).users, message, **options)
@@ -153,20 +157,57 @@ class _Context:
         self.engine.trace(self.instance, self.branch, action, why)
 
 
+class Routing(Protocol):
+    """What the engine asks of delivery (core.delivery.Delivery)."""
+
+    def on_call(self, origin: Origin, event: AlarmEvent, roster: str, fallback_roster: str | None = None,
+                values: dict[str, Any] | None = None) -> OnCallUsers: ...
+
+    def send(self, origin: Origin, event: AlarmEvent, users: list[User], profiles: list[str], message: str,
+             **options: Any) -> int: ...
+
+    def withdraw(self, event: AlarmEvent) -> None:
+        """The event no longer needs anyone: take it out of held (consolidated) batches."""
+
+
+class Outbox(Protocol):
+    """What the engine asks of the dispatcher (core.notifications.Dispatcher)."""
+
+    def cancel_instance(self, instance_id: str, why: str) -> None: ...
+
+    def discard_instance(self, instance_id: str) -> None: ...
+
+
 class Engine:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    """Runs pipeline instances. It is given the store, timers, audit log, the pipelines, the
+    trace writer, delivery (``routing``) and the dispatcher (``outbox``), and reports back through
+    two callbacks: ``on_finished`` (an instance ended: its event may now be forgotten) and
+    ``is_open`` (is this event still one the gateway holds?)."""
+
+    def __init__(self, *, store: Store, timers: Timers, audit: AuditLog, pipelines: Mapping[str, Pipeline],
+                 traces: Traces, routing: Routing, outbox: Outbox,
+                 on_finished: Callable[[AlarmEvent], None] = lambda event: None,
+                 is_open: Callable[[AlarmEvent], bool] = lambda event: True,
+                 services: Any = None):
+        self.store = store
+        self.timers = timers
+        self.audit = audit
+        self.pipelines = pipelines
+        self.traces = traces
+        self.routing = routing
+        self.outbox = outbox
+        self._on_finished = on_finished
+        self._is_open = is_open
+        self.services = services  # what Script blocks see (BlockContext.services)
         self.live: dict[str, Instance] = {}
         self.by_event: dict[str, dict[str, Instance]] = {}
-        self._trace_buffer: dict[str, tuple[str, list[list[Any]]]] = {}
-        gateway.store.before_flush(self._flush_traces)
 
     # --- entering -------------------------------------------------------------------------
 
     async def enter(self, event: AlarmEvent, pipeline_name: str, why: str,
                     properties: dict[str, Any] | None = None) -> Instance | None:
         """Start ``event`` in a pipeline; None when it is already there (one instance per pair)."""
-        pipeline = self.gateway.pipelines.get(pipeline_name)
+        pipeline = self.pipelines.get(pipeline_name)
         if pipeline is None:
             log.error("event %s names unknown pipeline %r", event.id, pipeline_name)
             return None
@@ -275,7 +316,7 @@ class Engine:
 
     def _arm(self, inst: Instance, br: Branch) -> None:
         assert br.wake_at is not None
-        self.gateway.timers.at(f"wait:{inst.id}:{br.id}", br.wake_at, self._wake, inst.id, br.id, "timer")
+        self.timers.at(f"wait:{inst.id}:{br.id}", br.wake_at, self._wake, inst.id, br.id, "timer")
 
     async def _wake(self, instance_id: str, branch_id: int, reason: str) -> None:
         inst = self.live.get(instance_id)
@@ -305,7 +346,7 @@ class Engine:
             return
         for br in inst.branches:
             if br.wake_at is not None:
-                self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
+                self.timers.cancel(f"wait:{inst.id}:{br.id}")
         inst.status, inst.ended, inst.end_reason = status, utcnow(), why
         inst.branches = []
         self.trace(inst, None, "end" if status in (DONE, JUMPED) else status, why)
@@ -317,19 +358,19 @@ class Engine:
             if not pipes:
                 del self.by_event[inst.event.id]
         if status in (DROPPED, CANCELLED):
-            self.gateway.dispatcher.cancel_instance(inst.id, why)
+            self.outbox.cancel_instance(inst.id, why)
         self._save(inst)
-        self.gateway.alarms.forget_if_done(inst.event)
+        self._on_finished(inst.event)
 
     async def on_transition(self, event: AlarmEvent, transition: str, why: str) -> None:
         """Apply dropout (at once) and wake acknowledgement waits for an event's transition."""
-        self.gateway.delivery.batches.withdraw(event)
+        self.routing.withdraw(event)
         for inst in list(self.by_event.get(event.id, {}).values()):
             if transition in inst.pipeline.dropout:
                 self._end(inst, DROPPED, why)
             elif transition == "acknowledged":
                 for br in [b for b in inst.branches if b.until_ack and b.wake_at is not None]:
-                    self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
+                    self.timers.cancel(f"wait:{inst.id}:{br.id}")
                     await self._wake(inst.id, br.id, why)
 
     def discard(self, event: AlarmEvent) -> None:
@@ -340,16 +381,16 @@ class Engine:
 
     def _discard(self, inst: Instance) -> None:
         for br in inst.branches:
-            self.gateway.timers.cancel(f"wait:{inst.id}:{br.id}")
+            self.timers.cancel(f"wait:{inst.id}:{br.id}")
         inst.status, inst.branches = CANCELLED, []
         self.live.pop(inst.id, None)
-        self._trace_buffer.pop(inst.id, None)
+        self.traces.drop(inst.id)
         instances = self.by_event.get(inst.event.id)
         if instances is not None:
             instances.pop(inst.id, None)
             if not instances:
                 del self.by_event[inst.event.id]
-        self.gateway.dispatcher.discard_instance(inst.id)
+        self.outbox.discard_instance(inst.id)
 
     def _refused(self, inst: Instance) -> None:
         """The database refused an instance's row. With its alarm refused too, the alarm is
@@ -358,11 +399,11 @@ class Engine:
         if inst.status == CANCELLED:
             return
         self._discard(inst)
-        if self.gateway.events.get(inst.event.id) is inst.event:
+        if self._is_open(inst.event):
             why = f"pipeline {inst.pipeline.name} could not be stored (the database refused it): it pages nobody"
             log.error("alarm %s (%s): %s", inst.event.id, inst.event.source, why)
-            self.gateway.alarms.journal_note(inst.event, "pipeline-refused", why)
-            self.gateway.audit.record(Code.PIPELINE_REFUSED, text=why, event_ids=[inst.event.id],
+            journal.write(self.store, inst.event, "pipeline-refused", None, why)
+            self.audit.record(Code.PIPELINE_REFUSED, text=why, event_ids=[inst.event.id],
                                       details={"pipeline": inst.pipeline.name, "instance": inst.id})
 
     def cancel(self, instance_id: str, why: str) -> Instance | None:
@@ -384,42 +425,21 @@ class Engine:
         row = inst.row()
         if not inst.stored:
             inst.stored = True
-            self.gateway.store.insert(schema.pipeline_instances, row, on_refused=lambda: self._refused(inst))
+            self.store.insert(schema.pipeline_instances, row, on_refused=lambda: self._refused(inst))
         else:
             del row["id"], row["event_id"], row["pipeline"], row["created"]
-            self.gateway.store.update(schema.pipeline_instances, inst.id, row)
+            self.store.update(schema.pipeline_instances, inst.id, row)
 
     def trace(self, inst: Instance, branch: Branch | None, action: str, why: str) -> None:
         block = inst.pipeline.blocks[branch.block].name if branch is not None else None
-        self.trace_line(inst.id, inst.event.id, block, action, why, branch.id if branch is not None else -1)
-
-    def trace_line(self, instance_id: str, event_id: str, block: str | None, action: str, why: str,
-                   branch: int = -1) -> None:
-        """Add a line to an instance's trace, also after the instance ended (a late delivery
-        failure, a channel fallback, a consolidated send)."""
-        lines = self._trace_buffer.get(instance_id)
-        if lines is None:
-            lines = self._trace_buffer[instance_id] = (event_id, [])
-            self.gateway.store.touch()
-        lines[1].append([utcnow().isoformat(), branch, block, action, why])
-
-    def _flush_traces(self) -> None:
-        """Queue buffered trace lines as one row per instance (called by the store before it
-        takes a batch, so everything traced so far is in that batch)."""
-        if not self._trace_buffer:
-            return
-        buffer, self._trace_buffer = self._trace_buffer, {}
-        for instance_id, (event_id, lines) in buffer.items():
-            self.gateway.store.insert(schema.trace_runs, {
-                "instance_id": instance_id, "event_id": event_id,
-                "ts": datetime.fromisoformat(lines[0][0]), "lines": lines})
+        self.traces.line(inst.id, inst.event.id, block, action, why, branch.id if branch is not None else -1)
 
     def restore(self, row: dict[str, Any], event: AlarmEvent) -> None:
         """Bring back a running instance from the store at start and re-arm its waits."""
-        pipeline = self.gateway.pipelines.get(row["pipeline"])
+        pipeline = self.pipelines.get(row["pipeline"])
         if pipeline is None:
             log.error("instance %s: pipeline %r is no longer configured; cancelling", row["id"], row["pipeline"])
-            self.gateway.store.update(schema.pipeline_instances, row["id"], {
+            self.store.update(schema.pipeline_instances, row["id"], {
                 "status": CANCELLED, "ended": utcnow(), "updated": utcnow(),
                 "end_reason": f"pipeline {row['pipeline']!r} removed from the config"})
             return
@@ -438,7 +458,7 @@ class Engine:
             else:
                 # Stored mid-step (cannot happen with the current writer, but a hand-edited or
                 # older row must not stall forever): run the block again.
-                self.gateway.timers.at(f"wait:{inst.id}:{br.id}", utcnow(), self._rerun, inst.id, br.id)
+                self.timers.at(f"wait:{inst.id}:{br.id}", utcnow(), self._rerun, inst.id, br.id)
 
     async def _rerun(self, instance_id: str, branch_id: int) -> None:
         inst = self.live.get(instance_id)

@@ -3,11 +3,16 @@
 A plugin is a module or object with functions named like the hooks below, decorated with
 ``annunciator.hookimpl``; it is found through the ``annunciator`` entry-point group. The built-in
 profiles and blocks are registered the same way.
+
+No hook receives the gateway. Hooks that extend the running gateway (routes, scripting
+namespaces, tags, start and stop) receive ``services`` (core.services.Services): the services it
+built, each by its own type, and ``services.state`` for the plugin's own per-gateway state.
+Observers receive only what they observe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +24,10 @@ if TYPE_CHECKING:
 
     from .alarms import AlarmEvent
     from .config import Config
-    from .gateway import Gateway
     from .notifications import Notification
     from .pipeline import Block
     from .profiles import NotificationProfile
+    from .services import Services
     from .tag_provider import TagProvider
     from .users import User
 
@@ -73,7 +78,7 @@ def annunciator_check_config(config: Config) -> Sequence[tuple[str, str]] | None
 
 
 @hookspec
-def annunciator_routes(gateway: Gateway) -> Sequence[BaseRoute]:
+def annunciator_routes(services: Services) -> Sequence[BaseRoute]:
     """Called once when the HTTP app is built, after the gateway is configured.
 
     Return Starlette routes to mount (webhooks, pages). Routes under ``/api/`` require the API
@@ -82,7 +87,7 @@ def annunciator_routes(gateway: Gateway) -> Sequence[BaseRoute]:
 
 
 @hookspec
-def annunciator_scripting_namespaces(gateway: Gateway) -> dict[str, Any]:
+def annunciator_scripting_namespaces(services: Services) -> dict[str, Any]:
     """Called when the ``system`` object for scripts is built (once per gateway start).
 
     Return a mapping of attribute name to namespace object, e.g. ``{"twilio": TwilioFunctions()}``
@@ -91,7 +96,7 @@ def annunciator_scripting_namespaces(gateway: Gateway) -> dict[str, Any]:
 
 
 @hookspec
-def annunciator_register_tags(gateway: Gateway, tags: TagProvider) -> None:
+def annunciator_register_tags(services: Services, tags: TagProvider) -> None:
     """Called once at gateway start, after the store is open.
 
     Create the plugin's tags on ``tags`` (``tags.define(path, data_type, value)``) and keep the
@@ -101,18 +106,19 @@ def annunciator_register_tags(gateway: Gateway, tags: TagProvider) -> None:
 
 @hookspec(firstresult=True)
 def annunciator_resolve_roster(
-    gateway: Gateway, roster: str, event: AlarmEvent, at: datetime
-) -> Sequence[User] | None:
+    roster: str, event: AlarmEvent, at: datetime, users: Mapping[str, User]
+) -> Sequence[User | str] | None:
     """Called each time a block notifies a roster.
 
-    Return the users to notify, in order, for ``roster`` at time ``at``; the first plugin that
-    returns a list decides (schedules, rotations, overrides, calculated rosters). Return None to
-    leave the decision to others; the default is every user of the configured roster.
+    Return the users (or user names) to notify, in order, for ``roster`` at time ``at``; ``users``
+    are the gateway's people by name. The first plugin that returns a list decides (schedules,
+    rotations, overrides, calculated rosters), and the trace says which plugin chose. Return None
+    to leave the decision to others; the default is the configured schedules and rosters.
     """
 
 
 @hookspec
-def annunciator_alarm_event(gateway: Gateway, event: AlarmEvent, transition: str) -> None:
+def annunciator_alarm_event(event: AlarmEvent, transition: str) -> None:
     """Called after an alarm event changed state and the change was queued for storage.
 
     ``transition`` is "active", "cleared", "acknowledged", "shelved" or "unshelved", or
@@ -123,7 +129,7 @@ def annunciator_alarm_event(gateway: Gateway, event: AlarmEvent, transition: str
 
 
 @hookspec
-def annunciator_notification_event(gateway: Gateway, notification: Notification, status: str) -> None:
+def annunciator_notification_event(notification: Notification, status: str) -> None:
     """Called when a notification changes status: "sent", "failed", "cancelled", "retrying".
 
     Observers (statistics, audit) must not block. Returns nothing.
@@ -131,7 +137,7 @@ def annunciator_notification_event(gateway: Gateway, notification: Notification,
 
 
 @hookspec
-def annunciator_startup(gateway: Gateway) -> None:
+def annunciator_startup(services: Services) -> None:
     """Called when the gateway has started (store open, timers running), before HTTP serves.
 
     May return an awaitable, which is awaited. Returns nothing.
@@ -139,5 +145,5 @@ def annunciator_startup(gateway: Gateway) -> None:
 
 
 @hookspec
-def annunciator_shutdown(gateway: Gateway) -> None:
+def annunciator_shutdown(services: Services) -> None:
     """Called when the gateway stops, before the store closes. May return an awaitable."""

@@ -14,11 +14,12 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import schema, units
 from .alarms import AlarmEvent, new_id, utcnow
-from .audit import Code
+from .audit import AuditLog, Code
 from .channels import Link
 from .profile_health import ProfileHealth
 from .profiles import DeliveryResult, NotificationProfile
@@ -26,7 +27,7 @@ from .users import User
 
 if TYPE_CHECKING:
     from .config import RetrySettings
-    from .gateway import Gateway
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,23 @@ class Notification:
         }
 
 
+def notification_from_row(row: dict[str, Any], user: User, events: Mapping[str, AlarmEvent],
+                          max_age: float) -> Notification:
+    """A notification from its stored row; ``events`` are the open events it may carry, and
+    ``max_age`` the retry window for rows stored before notifications had a deadline."""
+    return Notification(
+        profile=row["profile"], user=user, message=row["message"],
+        events=[events[i] for i in row["event_ids"] if i in events],
+        contact_type=row["contact_type"], contact=row["contact"], instance_id=row["instance_id"],
+        pipeline=row["pipeline"], block=row["block"], id=row["id"], idempotency_key=row["idempotency_key"],
+        status=row["status"], attempts=row["attempts"], last_error=row["last_error"],
+        provider_id=row["provider_id"], created=row["created"], sent_at=row["sent_at"],
+        chain=[Link.from_json(x) for x in row["chain"] or []], chain_id=row["chain_id"],
+        batch_key=row["batch_key"], due_at=row["due_at"], attempt_log=list(row["attempt_log"] or []),
+        delivery_status=row["delivery_status"], next_attempt_at=row.get("next_attempt_at"),
+        expires_at=row.get("expires_at") or row["created"] + timedelta(seconds=max_age))
+
+
 def _ago(since: datetime, now: datetime) -> str:
     seconds = int((now - since).total_seconds())
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
@@ -115,11 +133,49 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
-class Dispatcher:
-    """Hands committed notifications to their profiles, bounded in concurrency."""
+class DispatchReports(Protocol):
+    """What the dispatcher reports back to whoever planned the notifications (core.delivery)."""
 
-    def __init__(self, gateway: Gateway, retry: RetrySettings, max_concurrent: int):
-        self.gateway = gateway
+    def unwanted_because(self, n: Notification) -> str | None:
+        """Why no alarm of ``n`` needs anyone any more (None: send it)."""
+
+    def sent(self, n: Notification) -> None:
+        """``n`` was accepted by its provider."""
+
+    def failed(self, n: Notification, why: str) -> None:
+        """``n`` failed for good: its channel's fallback, if any, is next."""
+
+
+class _EveryoneWanted:
+    """Reports for a dispatcher on its own: every notification is wanted, none falls back."""
+
+    def unwanted_because(self, n: Notification) -> str | None:
+        return None
+
+    def sent(self, n: Notification) -> None:
+        pass
+
+    def failed(self, n: Notification, why: str) -> None:
+        pass
+
+
+class Dispatcher:
+    """Hands committed notifications to their profiles, bounded in concurrency.
+
+    It is given the store (the outbox rows), the profiles it sends through, the audit log, and
+    two ways to report: ``reports`` (delivery's decisions: still wanted? fall back?) and
+    ``on_status`` (a notification's status changed: plugins and the System tags hear of it).
+    """
+
+    def __init__(self, *, store: Store, profiles: Mapping[str, NotificationProfile], audit: AuditLog,
+                 retry: RetrySettings, max_concurrent: int, reports: DispatchReports | None = None,
+                 on_status: Callable[[Notification, str], None] = lambda n, status: None):
+        self.store = store
+        self.profiles = profiles
+        self.audit = audit
+        # set by the composition root once delivery exists (delivery is built with this outbox)
+        self.reports: DispatchReports = reports or _EveryoneWanted()
+        self.on_status = on_status
         self.retry = retry
         self._limit = asyncio.Semaphore(max_concurrent)
         self._live: dict[str, Notification] = {}
@@ -141,6 +197,22 @@ class Dispatcher:
                        if n.status == PENDING and n.next_attempt_at is not None and not n.in_flight),
                       key=lambda n: n.created)
 
+    def waiting_report(self) -> dict[str, Any]:
+        """What waits for a failing provider: each notification (who, which channel, how many
+        attempts, the next one, the last error, when it is given up), each profile's health, and
+        the notifications given up lately (all of them are in the audit log as NotificationFailed)."""
+        def item(n: Notification) -> dict[str, Any]:
+            return {"id": n.id, "user": n.user.username, "profile": n.profile, "contact": n.contact,
+                    "eventIds": n.event_ids, "sources": [e.source for e in n.events],
+                    "attempts": n.attempts, "lastError": n.last_error, "created": n.created.isoformat(),
+                    "nextAttemptAt": n.next_attempt_at.isoformat() if n.next_attempt_at else None,
+                    "expiresAt": n.expires_at.isoformat() if n.expires_at else None,
+                    "fallback": [str(link) for link in n.chain]}
+
+        return {"waiting": [item(n) for n in self.waiting()],
+                "profiles": self.health.to_dict(self.waiting_counts()),
+                "givenUp": list(self.given_up)}
+
     def waiting_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for n in self._live.values():
@@ -151,7 +223,7 @@ class Dispatcher:
     def submit(self, notification: Notification) -> None:
         """Send once the current store batch (which holds its row) commits."""
         self._track(notification)
-        self.gateway.store.after_commit(lambda: self._spawn(notification))
+        self.store.after_commit(lambda: self._spawn(notification))
 
     def submit_committed(self, notification: Notification) -> None:
         """Send a notification whose row is already stored (recovered at start)."""
@@ -212,7 +284,7 @@ class Dispatcher:
 
     @units.entry("delivery")
     async def _deliver(self, n: Notification) -> None:
-        profile = self.gateway.profiles.get(n.profile)
+        profile = self.profiles.get(n.profile)
         while n.status == PENDING:
             if n.next_attempt_at is not None:
                 # a stored retry time: after a restart the wait goes on where it was
@@ -222,7 +294,7 @@ class Dispatcher:
                     if n.status != PENDING:
                         return
             # a retry for an alarm someone has dealt with since (its pipeline may have ended long ago)
-            done = self.gateway.delivery.unwanted_because(n) if n.attempts else None
+            done = self.reports.unwanted_because(n) if n.attempts else None
             if done is not None:
                 self._finish(n, CANCELLED, error=f"{n.last_error}; not retried: {done}")
                 return
@@ -242,7 +314,7 @@ class Dispatcher:
                 n.sent_at = now
                 n.next_attempt_at = None
                 self.health.success(n.profile)
-                self.gateway.delivery.sent(n)
+                self.reports.sent(n)
                 self._finish(n, SENT)
                 return
             n.last_error = result.error
@@ -278,14 +350,12 @@ class Dispatcher:
             log.info("notification %s attempt %d failed (%s); retrying in %.1fs",
                      n.id, n.attempts, result.error, wait)
             # stored before waiting: a restart re-arms the retry at this time instead of losing it
-            self.gateway.store.update(schema.notifications, n.id, {
+            self.store.update(schema.notifications, n.id, {
                 "attempts": n.attempts, "last_error": n.last_error, "attempt_log": list(n.attempt_log),
                 "next_attempt_at": n.next_attempt_at, "updated": now})
             self._audit(n, Code.NOTIFICATION_RETRY, f"attempt {n.attempts} failed: {result.error}; "
                                                     f"retrying in {wait:.1f}s")
-            self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n,
-                                                            status="retrying")
-            self.gateway.refresh_tags_soon()
+            self.on_status(n, "retrying")
 
     def _give_up(self, n: Notification, result: DeliveryResult, now: datetime) -> str | None:
         """Why this channel is given up after a failed attempt, or None to try it again.
@@ -336,17 +406,16 @@ class Dispatcher:
             self._audit(n, Code.NOTIFICATION_FAILED, n.last_error)
         elif status == CANCELLED:
             self._audit(n, Code.NOTIFICATION_CANCELLED, n.last_error)
-        self.gateway.store.update(schema.notifications, n.id, {
+        self.store.update(schema.notifications, n.id, {
             "status": status, "attempts": n.attempts, "last_error": n.last_error,
             "provider_id": n.provider_id, "sent_at": n.sent_at, "attempt_log": list(n.attempt_log),
             "next_attempt_at": None, "updated": utcnow()})
-        self.gateway.hook.annunciator_notification_event(gateway=self.gateway, notification=n, status=status)
+        self.on_status(n, status)
         if status == FAILED:
-            self.gateway.delivery.failed(n, n.last_error or "failed")
-        self.gateway.refresh_tags_soon()
+            self.reports.failed(n, n.last_error or "failed")
 
     def _audit(self, n: Notification, code: str, text: str | None) -> None:
-        self.gateway.audit.record(code, user=n.user.username, channel=n.profile, contact=n.contact, text=text,
+        self.audit.record(code, user=n.user.username, channel=n.profile, contact=n.contact, text=text,
                                   event_ids=n.event_ids, notification_id=n.id,
                                   details={"attempt": n.attempts, "providerId": n.provider_id} if n.attempts
                                   else None)

@@ -427,6 +427,10 @@ class OnCall:
         self.plan: OnCallPlan = config.oncall
         self.runtime: dict[str, Override] = {}
 
+    def roster_settings(self, roster: str) -> Roster | None:
+        """The configured roster (its order and ack wait), None when there is no such roster."""
+        return self.plan.rosters.get(roster)
+
     # --- overrides ----------------------------------------------------------------------------
 
     async def load(self) -> None:

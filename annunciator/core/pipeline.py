@@ -82,7 +82,7 @@ Outcome = Next | Fork | Wait | Jump | Stop
 
 
 class BlockContext(Protocol):
-    """What a block sees of the running instance and the gateway."""
+    """What a block sees of the running instance and of the gateway's services."""
 
     @property
     def event(self) -> AlarmEvent: ...
@@ -91,8 +91,9 @@ class BlockContext(Protocol):
     def properties(self) -> dict[str, Any]: ...
 
     @property
-    def gateway(self) -> Any:
-        """The Gateway (users, profiles) for blocks that need more than the calls below."""
+    def services(self) -> Any:
+        """The gateway's services (core.services.Services) for blocks that need more than the
+        calls below (a Script block runs scripts with them)."""
 
     def values(self) -> dict[str, Any]:
         """Event template values overlaid with runtime properties."""

@@ -9,11 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import schema
-from .config import UserSettings
+from .config import ChannelSettings, UserSettings
 from .errors import Invalid, NotFound
 from .store import Store
 from .users import User, pin_matches
 from .users import set_pin as hash_pin
+
+_NO_PREFERENCES = ChannelSettings()
 
 
 class UserDirectory:
@@ -89,3 +91,8 @@ class UserDirectory:
             "pin_hash": user.pin_hash, "pin_salt": user.pin_salt,
             "pin_failures": user.pin_failures, "locked_until": user.locked_until,
             "pin_failed_at": user.pin_failed_at})
+
+    def channel_preferences(self, username: str) -> ChannelSettings:
+        """The person's own channel policy and order (``users.<name>.channels``)."""
+        us = self._settings.get(username)
+        return (us.channels if us is not None else None) or _NO_PREFERENCES

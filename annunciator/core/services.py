@@ -1,0 +1,106 @@
+"""What plugins, profiles and blocks are given: the services the composition root
+(core.gateway) built, each under its own type. It holds no logic of its own.
+
+A plugin takes what it needs from here at startup (``annunciator_startup(services)``) or when
+its routes are built, and keeps its own per-gateway state in ``state``, keyed by its own class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .alarm_lifecycle import Alarms
+from .alarms import AlarmEvent
+from .audit import AuditLog
+from .config import Config
+from .delivery import Delivery
+from .engine import Engine
+from .history import History
+from .notifications import Dispatcher
+from .oncall import OnCall
+from .pin_check import PinCheck
+from .profiles import NotificationProfile
+from .roster_resolution import RosterResolver
+from .store import Store
+from .tag_provider import TagProvider
+from .timers import Timers
+from .traces import Traces
+from .user_directory import UserDirectory
+from .users import User
+
+if TYPE_CHECKING:
+    from .plugins import PluginManager
+
+T = TypeVar("T")
+
+
+class PluginState:
+    """Per-gateway state of plugins, one object per class: ``state.get(TwilioService)``.
+
+    Keyed by the plugin's own class, so each lookup is typed and no two plugins can collide on
+    a name. Only the owning plugin (and those that import it on purpose, like the SMS and voice
+    plugins sharing the Twilio accounts) can name the key."""
+
+    def __init__(self) -> None:
+        self._items: dict[type, Any] = {}
+
+    def get(self, kind: type[T]) -> T | None:
+        return self._items.get(kind)
+
+    def setdefault(self, kind: type[T], make: Callable[[], T]) -> T:
+        item = self._items.get(kind)
+        if item is None:
+            item = self._items[kind] = make()
+        return item
+
+    def put(self, item: T) -> T:
+        self._items[type(item)] = item
+        return item
+
+    def pop(self, kind: type[T]) -> T | None:
+        return self._items.pop(kind, None)
+
+
+@dataclass(slots=True)
+class Secret:
+    """The server secret (keys PIN hashes, email ack links); loaded when the gateway starts."""
+
+    value: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    config: Config
+    plugins: PluginManager
+    store: Store
+    audit: AuditLog
+    timers: Timers
+    tags: TagProvider
+    traces: Traces
+    alarms: Alarms
+    engine: Engine
+    delivery: Delivery
+    dispatcher: Dispatcher
+    directory: UserDirectory
+    pins: PinCheck
+    oncall: OnCall
+    resolve_roster: RosterResolver
+    history: History
+    profiles: Mapping[str, NotificationProfile]
+    secret_holder: Secret
+    state: PluginState = field(default_factory=PluginState)
+
+    # read-only views plugins use often
+    @property
+    def users(self) -> Mapping[str, User]:
+        return self.directory.users
+
+    @property
+    def events(self) -> Mapping[str, AlarmEvent]:
+        return self.alarms.events
+
+    @property
+    def secret(self) -> bytes:
+        return self.secret_holder.value
