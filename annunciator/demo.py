@@ -20,34 +20,35 @@ import click
 
 from . import hookimpl
 from .core.alarm_spec import AlarmSpec
-from .core.gateway import Gateway
 from .core.plugins import default_manager
+from .core.services import Services
 from .launch import load, serve, setup_logging
+from .plugins.twilio.service import TwilioService
 
 DEMO_SOURCE = "plant/pump-1/fault"
 
 
 class DemoPlugin:
     def __init__(self) -> None:
-        self.gateway: Gateway | None = None
+        self.services: Services | None = None
         self.stopping = threading.Event()
 
     @hookimpl
-    def annunciator_startup(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def annunciator_startup(self, services: Services) -> None:
+        self.services = services
         asyncio.get_running_loop().call_later(1.0, lambda: asyncio.ensure_future(self._raise()))
 
     @hookimpl
-    def annunciator_shutdown(self, gateway: Gateway) -> None:
+    def annunciator_shutdown(self, services: Services) -> None:
         self.stopping.set()
 
     def _emulator(self) -> Any:
-        service = self.gateway.extensions.get("twilio") if self.gateway else None
+        service = self.services.state.get(TwilioService) if self.services else None
         accounts = list(service.accounts.values()) if service else []
         return accounts[0].emulator if accounts else None
 
     async def _raise(self) -> None:
-        gw = self.gateway
+        gw = self.services
         assert gw is not None
         event = gw.alarms.current.get(DEMO_SOURCE)
         if event is None:
@@ -84,7 +85,7 @@ class DemoPlugin:
                 if m.sid in shown or m.direction == "inbound":
                     continue
                 shown.add(m.sid)
-                who = next((u.name or u.username for u in self.gateway.users.values()  # type: ignore[union-attr]
+                who = next((u.name or u.username for u in self.services.users.values()  # type: ignore[union-attr]
                             if m.to in u.contacts.get("sms", [])), m.to)
                 click.secho(f"\n  >>> SMS to {who} ({m.to}) from {m.from_}:\n      "
                             + m.body.replace("\n", "\n      ") + "\n", fg="yellow", bold=True)

@@ -29,6 +29,7 @@ from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent, Priority, utcnow
 from annunciator.core.errors import Conflict, Invalid, NotFound, Unavailable
 from annunciator.core.errors import Refused as StoreRefused
+from annunciator.plugins.twilio.service import TwilioService
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, verify_password
 from .conversations import Conversations
@@ -36,8 +37,8 @@ from .settings import ROLE_RANK, ConsoleSettings
 from .web import Ctx, Handler, Refused
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
     from annunciator.core.notifications import Notification
+    from annunciator.core.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ SECURITY_HEADERS = {
 
 
 class Console:
-    def __init__(self, gateway: Gateway):
-        self.gw = gateway
-        self.settings: ConsoleSettings = gateway.config.sections.get("console") or ConsoleSettings()
+    def __init__(self, services: Services):
+        self.gw = services
+        self.settings: ConsoleSettings = services.config.sections.get("console") or ConsoleSettings()
         self.env = Environment(loader=PackageLoader("annunciator.console", "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True))
         self.env.filters.update(age=age, when=when, secs=secs)
@@ -368,7 +369,8 @@ class Console:
                              "in_block": (now - b.entered).total_seconds() if b else 0.0,
                              "wake": b.wake_at if b else None, "why": b.why if b else ""})
         return ctx.render("pipelines.html", rows=rows, total=len(live), page=page, pages=pages,
-                          held=self.gw.held(), shelved=self.gw.alarms.shelved_sources(), waiting=self.gw.waiting(),
+                          held=self.gw.delivery.batches.held(), shelved=self.gw.alarms.shelved_sources(),
+                          waiting=self.gw.dispatcher.waiting_report(),
                           pipelines=list(self.gw.pipelines.values()),
                           counts=_count_by(live, lambda i: i.pipeline.name))
 
@@ -383,7 +385,7 @@ class Console:
     # --- sandbox phones (the Twilio emulator) ------------------------------------------------
 
     def emulators(self) -> list[Any]:
-        service = self.gw.extensions.get("twilio")
+        service = self.gw.state.get(TwilioService)
         accounts = list(service.accounts.values()) if service is not None else []
         return [a.emulator for a in accounts if a.emulator is not None]
 

@@ -31,8 +31,10 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from annunciator.core import schema
+from annunciator.core.alarms import render_message
 from annunciator.core.config import normalize_phone
 from annunciator.core.errors import NotFound
+from annunciator.plugins.twilio.service import TwilioService
 
 from .web import Ctx, Refused
 
@@ -71,7 +73,7 @@ class Pool:
 
 def _twilio_ready(console: Console) -> bool:
     twilio = console.gw.config.sections.get("twilio")
-    return "twilio" in console.gw.extensions or bool(getattr(twilio, "accounts", None))
+    return console.gw.state.get(TwilioService) is not None or bool(getattr(twilio, "accounts", None))
 
 
 def csv_cell(value: Any) -> str:
@@ -413,7 +415,7 @@ class Conversations:
                   if u.contacts.get("sms") or u.contacts.get("phone")]
         rosters = sorted(self.gw.config.settings.rosters)
         return {"pools": pools, "people": people, "rosters": rosters,
-                "text": self.gw.render(self.console.settings.dispatch_template, event)}
+                "text": render_message(self.console.settings.dispatch_template, event.template_values())}
 
     async def dispatch(self, ctx: Ctx) -> Response:
         from annunciator.plugins.twilio_sms.sender import send_sms

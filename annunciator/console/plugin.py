@@ -12,13 +12,17 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from annunciator.core.config import Config
-    from annunciator.core.gateway import Gateway
     from annunciator.core.notifications import Notification
+    from annunciator.core.services import Services
+
+    from .app import Console
 
 
-def console_of(gateway: Gateway) -> Any:
+def console_of(services: Services) -> Console | None:
     """The gateway's Console (created with its routes); None when disabled."""
-    return gateway.extensions.get("console")
+    from .app import Console
+
+    return services.state.get(Console)
 
 
 @hookimpl
@@ -44,18 +48,24 @@ def _pool_exists(config: Config, pool: str) -> bool:
 
 
 @hookimpl
-def annunciator_routes(gateway: Gateway) -> list[BaseRoute]:
+def annunciator_routes(services: Services) -> list[BaseRoute]:
     from .app import Console
 
-    settings: ConsoleSettings = gateway.config.sections.get("console") or ConsoleSettings()
+    settings: ConsoleSettings = services.config.sections.get("console") or ConsoleSettings()
     if not settings.enabled:
         return []
-    console = gateway.extensions["console"] = Console(gateway)
+    console = services.state.get(Console)
+    if console is None:
+        console = services.state.put(Console(services))
+        # the console of this gateway hears of notifications as a plugin object of its own
+        services.plugins.register(_NotificationListener(console))
     return console.routes()
 
 
-@hookimpl
-def annunciator_notification_event(gateway: Gateway, notification: Notification, status: str) -> None:
-    console = console_of(gateway)
-    if console is not None:
-        console.on_notification(notification, status)
+class _NotificationListener:
+    def __init__(self, console: Console):
+        self.console = console
+
+    @hookimpl
+    def annunciator_notification_event(self, notification: Notification, status: str) -> None:
+        self.console.on_notification(notification, status)

@@ -17,7 +17,7 @@ from .auth import Session
 from .settings import ROLE_RANK, ConsoleUser
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
     from .app import Console
 
@@ -43,7 +43,7 @@ class Ctx:
     nav: dict[str, Any] | None = None  # the Conversations link and its unread count (full pages only)
 
     @property
-    def gw(self) -> Gateway:
+    def gw(self) -> Services:
         return self.console.gw
 
     def field(self, name: str, default: str = "", limit: int = 2000) -> str:

@@ -13,9 +13,9 @@ Nothing is held silently: the row, the trace of every alarm in it, the audit log
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field

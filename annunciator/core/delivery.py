@@ -71,7 +71,8 @@ class OnCallUsers:
 
 
 class Resolve(Protocol):
-    def __call__(self, roster: str, event: AlarmEvent, values: dict[str, Any] | None) -> Resolution:
+    def __call__(self, roster: str, event: AlarmEvent, at: datetime | None = None,
+                 values: dict[str, Any] | None = None) -> Resolution:
         """Who is on call in ``roster`` for ``event`` (core.roster_resolution)."""
 
 
@@ -120,7 +121,7 @@ class Delivery:
                 values: dict[str, Any] | None = None) -> OnCallUsers:
         """Resolve a roster for an event; trace why; use the fallback roster when nobody is on call.
         ``values`` (the event's and the pipeline's runtime properties) feed calculated rosters."""
-        res = self.resolve(roster, event, values)
+        res = self.resolve(roster, event, values=values)
         users = [self.users[u] if isinstance(u, str) else u for u in res.users]
         origin.trace("on-call", f"roster {roster}: " + ("; ".join(res.why) if res.why else
                                                        ", ".join(u.username for u in users) or "nobody"))

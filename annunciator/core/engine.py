@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import journal, schema
@@ -23,12 +23,12 @@ from .delivery import OnCallUsers, Origin
 from .errors import NotFound
 from .expressions import Expression
 from .pipeline import Fork, Jump, Next, Pipeline, Stop, Wait
-
 from .store import Store
 from .timers import Timers
 from .traces import Traces
 
 if TYPE_CHECKING:
+    from .consolidation import ConsolidationSettings
     from .users import User
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,9 @@ class Routing(Protocol):
     def on_call(self, origin: Origin, event: AlarmEvent, roster: str, fallback_roster: str | None = None,
                 values: dict[str, Any] | None = None) -> OnCallUsers: ...
 
-    def send(self, origin: Origin, event: AlarmEvent, users: list[User], profiles: list[str], message: str,
-             **options: Any) -> int: ...
+    def send(self, origin: Origin, event: AlarmEvent, users: list[User], profiles: list[str], message: str, *,
+             policy: str | None = None, consolidation: ConsolidationSettings | None = None,
+             values: dict[str, Any] | None = None) -> int: ...
 
     def withdraw(self, event: AlarmEvent) -> None:
         """The event no longer needs anyone: take it out of held (consolidated) batches."""
@@ -173,7 +174,7 @@ class Routing(Protocol):
 class Outbox(Protocol):
     """What the engine asks of the dispatcher (core.notifications.Dispatcher)."""
 
-    def cancel_instance(self, instance_id: str, why: str) -> None: ...
+    def cancel_instance(self, instance_id: str, why: str) -> int: ...
 
     def discard_instance(self, instance_id: str) -> None: ...
 

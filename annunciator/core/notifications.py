@@ -12,9 +12,9 @@ import asyncio
 import collections
 import logging
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import schema, units

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from .config import StrictModel
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
     from .notifications import Notification
+    from .services import Services
 
 
 @dataclass(slots=True)
@@ -59,10 +59,10 @@ class NotificationProfile:
     contact_types: tuple[str, ...] = ()  # a profile may set its own from its settings
     description: ClassVar[str] = ""
 
-    def __init__(self, name: str, settings: BaseModel, gateway: Gateway):
+    def __init__(self, name: str, settings: BaseModel, services: Services):
         self.name = name
         self.settings = settings
-        self.gateway = gateway
+        self.services = services  # the gateway's services (core.services), for what the profile needs
 
     async def start(self) -> None:
         """Open connections; called once at gateway start."""

@@ -21,8 +21,8 @@ class RosterResolver:
         self._users = users
         self._hook = hook  # annunciator_resolve_roster
 
-    def __call__(self, roster: str, event: AlarmEvent, values: dict[str, Any] | None = None,
-                 at: datetime | None = None) -> Resolution:
+    def __call__(self, roster: str, event: AlarmEvent, at: datetime | None = None,
+                 values: dict[str, Any] | None = None) -> Resolution:
         """Who to notify in ``roster`` for ``event``, in order, and why; ``values`` (default: the
         event's) feed calculated rosters."""
         at = at or utcnow()

@@ -31,6 +31,7 @@ from .user_directory import UserDirectory
 from .users import User
 
 if TYPE_CHECKING:
+    from .pipeline import Pipeline
     from .plugins import PluginManager
 
 T = TypeVar("T")
@@ -96,6 +97,10 @@ class Services:
     @property
     def users(self) -> Mapping[str, User]:
         return self.directory.users
+
+    @property
+    def pipelines(self) -> Mapping[str, Pipeline]:
+        return self.config.pipelines
 
     @property
     def events(self) -> Mapping[str, AlarmEvent]:

@@ -376,11 +376,11 @@ async def audit(gw: Gateway, request: Request) -> Response:
 
 
 async def held(gw: Gateway, request: Request) -> Response:
-    return _json({"held": gw.held()})
+    return _json({"held": gw.delivery.batches.held()})
 
 
 async def waiting(gw: Gateway, request: Request) -> Response:
-    return _json(gw.waiting())
+    return _json(gw.dispatcher.waiting_report())
 
 
 async def pipelines(gw: Gateway, request: Request) -> Response:
@@ -388,7 +388,7 @@ async def pipelines(gw: Gateway, request: Request) -> Response:
         "name": p.name, "description": p.description, "dropout": sorted(p.dropout),
         "blocks": [{"name": b.name, "type": b.type_name} for b in p.blocks],
         "running": sum(1 for i in gw.engine.live.values() if i.pipeline is p),
-        "held": [h for h in gw.held() if h["pipeline"] == p.name],
+        "held": [h for h in gw.delivery.batches.held() if h["pipeline"] == p.name],
     } for p in gw.pipelines.values()]})
 
 
@@ -422,18 +422,18 @@ async def plugins(gw: Gateway, request: Request) -> Response:
 
 
 async def users(gw: Gateway, request: Request) -> Response:
-    return _json({"users": [u.status() for u in gw.users.values()]})
+    return _json({"users": [u.status() for u in gw.directory.users.values()]})
 
 
 async def user_pin(gw: Gateway, request: Request) -> Response:
     body = await _parse(request, PinBody)
-    user = gw.set_user_pin(request.path_params["username"], body.pin)
+    user = gw.directory.set_pin(request.path_params["username"], body.pin)
     await _stored(gw)
     return _json(user.status())
 
 
 async def user_unlock(gw: Gateway, request: Request) -> Response:
-    user = gw.unlock_user(request.path_params["username"])
+    user = gw.directory.unlock(request.path_params["username"])
     await _stored(gw)
     return _json(user.status())
 
@@ -604,7 +604,7 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
         r("/api/users/{username}/pin", user_pin, ["POST"]),
         r("/api/users/{username}/unlock", user_unlock, ["POST"]),
     ]
-    for group in gw.hook.annunciator_routes(gateway=gw):
+    for group in gw.hook.annunciator_routes(services=gw.services):
         routes.extend(group or ())
 
     @contextlib.asynccontextmanager

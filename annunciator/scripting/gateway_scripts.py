@@ -26,7 +26,7 @@ from .settings import ScriptsSettings
 
 if TYPE_CHECKING:
     from annunciator.core.config import Config
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
     from .settings import ScriptSettings, TimerScriptSettings
 
@@ -79,10 +79,10 @@ def _logging_print(logger: logging.Logger) -> Any:
 class GatewayScripts:
     """Start-up and timer scripts of one gateway."""
 
-    def __init__(self, gateway: Gateway, system: SimpleNamespace):
-        self.gateway = gateway
+    def __init__(self, services: Services, system: SimpleNamespace):
+        self.services = services
         self.system = system
-        self.settings = scripts_settings(gateway.config)
+        self.settings = scripts_settings(services.config)
         self.runs: dict[str, int] = {}  # label -> completed runs, for tests and diagnostics
         self._jobs: list[str] = []
         self._startup: asyncio.Task[None] | None = None
@@ -94,14 +94,14 @@ class GatewayScripts:
     @units.entry("script")
     async def run(self, label: str, s: ScriptSettings, where: str) -> RunResult:
         try:
-            script = load_script(self.gateway.config, s, where)
+            script = load_script(self.services.config, s, where)
         except (SyntaxError, OSError) as exc:
             # the file changed since `check`: report it like any other script failure
             from .runner import record_error
 
-            record_error(self.gateway, label, f"{type(exc).__name__}: {exc}", s.script or where)
+            record_error(self.services, label, f"{type(exc).__name__}: {exc}", s.script or where)
             return RunResult(False, str(exc), s.script or where)
-        result = await run_script(self.gateway, script, self._scope(label, script.filename), s.timeout, label)
+        result = await run_script(self.services, script, self._scope(label, script.filename), s.timeout, label)
         self.runs[label] = self.runs.get(label, 0) + 1
         return result
 
@@ -123,7 +123,7 @@ class GatewayScripts:
                 await self.run(label, t, where)
 
             # max_instances=1 (the Timers default): a run still going when the next is due is skipped
-            self.gateway.timers.scheduler.add_job(fire, trigger, id=job_id, replace_existing=True)
+            self.services.timers.scheduler.add_job(fire, trigger, id=job_id, replace_existing=True)
             self._jobs.append(job_id)
             log.info("timer script %s: %s", label, f"every {t.interval:g}s" if t.interval else f"cron {t.cron}")
 
@@ -134,21 +134,21 @@ class GatewayScripts:
 
     async def stop(self) -> None:
         for job_id in self._jobs:
-            self.gateway.timers.cancel(job_id)
+            self.services.timers.cancel(job_id)
         if self._startup is not None and not self._startup.done():
             self._startup.cancel()
 
 
 # --- POST /api/scripts/run ---------------------------------------------------------------------
 
-def script_routes(gateway: Gateway) -> list[BaseRoute]:
+def script_routes(services: Services) -> list[BaseRoute]:
     async def run(request: Request) -> Response:
-        return await run_posted(gateway, request)
+        return await run_posted(services, request)
     # its own body limit: a script may be up to MAX_SOURCE characters, more than the API's 64 KiB
     return [http_limits.limit_body(Route("/api/scripts/run", run, methods=["POST"]), MAX_SOURCE * 2)]
 
 
-async def run_posted(gw: Gateway, request: Request) -> Response:
+async def run_posted(gw: Services, request: Request) -> Response:
     """Run ``{"source": TEXT, "filename": NAME}`` in the gateway; answer with what it printed,
     the value it left in ``result`` (if any) and, on failure, the error with file:line. A script
     failure is a 200 with ``ok: false``: the request itself worked."""

@@ -17,7 +17,7 @@ from annunciator.core.tag_types import TagError, TagNotFound, TagReadOnly
 from .runner import Bridge
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
     from annunciator.core.tag_provider import TagValue
 
 
@@ -31,8 +31,8 @@ def _list(value: Any) -> list[Any]:
 class AlarmFunctions:
     """``system.alarm``."""
 
-    def __init__(self, gateway: Gateway, bridge: Bridge):
-        self._gw, self._bridge = gateway, bridge
+    def __init__(self, services: Services, bridge: Bridge):
+        self._gw, self._bridge = services, bridge
 
     def acknowledge(self, eventIds: list[str] | str, notes: str = "", user: str = "script") -> list[str]:
         """Acknowledge events by id; returns the ids acknowledged. An unknown id raises."""
@@ -121,8 +121,8 @@ class QualityCode(str):
 class TagFunctions:
     """``system.tag``."""
 
-    def __init__(self, gateway: Gateway):
-        self._tags = gateway.tags
+    def __init__(self, services: Services):
+        self._tags = services.tags
         self._log = logging.getLogger("annunciator.scripts.tag")
 
     def readBlocking(self, paths: list[str] | str) -> list[TagValue]:

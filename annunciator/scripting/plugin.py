@@ -19,7 +19,7 @@ from .runner import ERRORS_TAG, LAST_ERROR_TAG, Bridge, Script, run_script, scri
 from .settings import ScriptsSettings, one_source
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 log = logging.getLogger("annunciator.scripts")
 
@@ -65,7 +65,7 @@ class ScriptBlock(Block):
         return [self.settings.next, self.settings.error]
 
     async def enter(self, ctx: Any) -> Next:
-        gw: Gateway = ctx.gateway
+        gw: Services = ctx.gateway
         if self._compiled is None:
             problems = self.check(gw.config)
             if problems:
@@ -89,7 +89,7 @@ def annunciator_block_types() -> list[type[Block]]:
 
 
 @hookimpl
-def annunciator_register_tags(gateway: Gateway, tags: Any) -> None:
+def annunciator_register_tags(services: Services, tags: Any) -> None:
     tags.define(ERRORS_TAG, "Int8", 0, doc="script failures since the gateway started (every kind of script)")
     tags.define(LAST_ERROR_TAG, "String", "", doc="the last script failure, file:line: error")
 
@@ -105,27 +105,27 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
 
 
 @hookimpl
-def annunciator_startup(gateway: Gateway) -> None:
-    scripts = GatewayScripts(gateway, scripting_system(gateway))
-    gateway.extensions["scripts"] = scripts
+def annunciator_startup(services: Services) -> None:
+    scripts = GatewayScripts(services, scripting_system(services))
+    services.state.put(scripts)
     scripts.start()
 
 
 @hookimpl
-async def annunciator_shutdown(gateway: Gateway) -> None:
-    scripts = gateway.extensions.pop("scripts", None)
+async def annunciator_shutdown(services: Services) -> None:
+    scripts = services.state.pop(GatewayScripts)
     if scripts is not None:
         await scripts.stop()
 
 
 @hookimpl
-def annunciator_routes(gateway: Gateway) -> list[Any]:
-    return script_routes(gateway)
+def annunciator_routes(services: Services) -> list[Any]:
+    return script_routes(services)
 
 
 @hookimpl
-def annunciator_scripting_namespaces(gateway: Gateway) -> dict[str, Any]:
+def annunciator_scripting_namespaces(services: Services) -> dict[str, Any]:
     bridge = Bridge(asyncio.get_running_loop())
-    return {"alarm": AlarmFunctions(gateway, bridge), "tag": TagFunctions(gateway),
+    return {"alarm": AlarmFunctions(services, bridge), "tag": TagFunctions(services),
             "util": UtilFunctions()}
 

@@ -12,7 +12,6 @@ import linecache
 import logging
 import sys
 import traceback
-import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from types import CodeType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 log = logging.getLogger("annunciator.scripts")
 T = TypeVar("T")
@@ -94,22 +93,27 @@ class Bridge:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)  # type: ignore[arg-type]
 
 
-# one ``system`` per gateway, kept here rather than as an attribute set on the gateway from outside
-_SYSTEMS: weakref.WeakKeyDictionary[Any, SimpleNamespace] = weakref.WeakKeyDictionary()
+class ScriptingSystem:
+    """This plugin's per-gateway state: the ``system`` object scripts see, and their errors."""
+
+    def __init__(self, system: SimpleNamespace):
+        self.system = system
+        self.errors = 0
 
 
-def scripting_system(gateway: Gateway) -> SimpleNamespace:
+def scripting_state(services: Services) -> ScriptingSystem:
+    return services.state.setdefault(ScriptingSystem, lambda: ScriptingSystem(build_system(services)))
+
+
+def scripting_system(services: Services) -> SimpleNamespace:
     """The gateway's ``system`` object, built once."""
-    system = _SYSTEMS.get(gateway)
-    if system is None:
-        system = _SYSTEMS[gateway] = build_system(gateway)
-    return system
+    return scripting_state(services).system
 
 
-def build_system(gateway: Gateway) -> SimpleNamespace:
+def build_system(services: Services) -> SimpleNamespace:
     """The ``system`` object: one attribute per namespace registered through the hook."""
     system = SimpleNamespace()
-    for mapping in gateway.hook.annunciator_scripting_namespaces(gateway=gateway):
+    for mapping in services.plugins.hook.annunciator_scripting_namespaces(services=services):
         for name, namespace in (mapping or {}).items():
             setattr(system, name, namespace)
     return system
@@ -132,18 +136,19 @@ class RunResult:
         return {"ok": self.ok, "error": self.error, "where": self.where, "traceback": self.details or None}
 
 
-def record_error(gateway: Gateway, what: str, message: str, where: str) -> None:
+def record_error(services: Services, what: str, message: str, where: str) -> None:
     """Log a script failure with its file and line and count it (``System/Gateway/Scripts/Errors``)."""
     log.error("script %s failed at %s: %s", what, where, message)
-    gateway.script_errors = getattr(gateway, "script_errors", 0) + 1  # type: ignore[attr-defined]
+    state = scripting_state(services)
+    state.errors += 1
     try:
-        gateway.tags.write(ERRORS_TAG, gateway.script_errors)  # type: ignore[attr-defined]
-        gateway.tags.write(LAST_ERROR_TAG, f"{where}: {message}"[:1000])
+        services.tags.write(ERRORS_TAG, state.errors)
+        services.tags.write(LAST_ERROR_TAG, f"{where}: {message}"[:1000])
     except KeyError:
         pass  # tags not defined (the gateway is not started): the log line is enough
 
 
-async def run_script(gateway: Gateway, script: Script, scope: dict[str, Any], timeout: float,
+async def run_script(services: Services, script: Script, scope: dict[str, Any], timeout: float,
                      what: str) -> RunResult:
     """Run ``script`` on a worker thread; a failure or timeout is logged, counted and returned,
     never raised: no script can take the gateway down."""
@@ -152,10 +157,10 @@ async def run_script(gateway: Gateway, script: Script, scope: dict[str, Any], ti
     except TimeoutError:
         # the thread cannot be killed; it finishes on its own, and its result is ignored
         message = f"timed out after {timeout:g}s"
-        record_error(gateway, what, message, script.filename)
+        record_error(services, what, message, script.filename)
         return RunResult(False, message, script.filename)
     except ScriptError as exc:
-        record_error(gateway, what, exc.message, exc.where)
+        record_error(services, what, exc.message, exc.where)
         return RunResult(False, exc.message, exc.where, exc.details)
     return RunResult(True)
 

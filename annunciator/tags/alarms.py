@@ -25,7 +25,7 @@ from ..core import units
 if TYPE_CHECKING:
     from annunciator.core.tag_provider import TagValue
 
-    from ..core.gateway import Gateway
+    from ..core.services import Services
     from .settings import TagAlarmSettings
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class TagAlarm:
 class TagAlarms:
     """Evaluates every tag alarm on its tag's changes and drives the gateway's alarm lifecycle."""
 
-    def __init__(self, gateway: Gateway, loop: asyncio.AbstractEventLoop):
-        self.gateway = gateway
+    def __init__(self, services: Services, loop: asyncio.AbstractEventLoop):
+        self.services = services
         self.loop = loop
         self.by_path: dict[str, list[TagAlarm]] = {}
         self._dirty: dict[str, tuple[TagAlarm, Any]] = {}
@@ -86,9 +86,9 @@ class TagAlarms:
         are evaluated from the next write on, since config tag values start from the config."""
         for alarms in self.by_path.values():
             for a in alarms:
-                a.active = a.source in self.gateway.alarms.current
+                a.active = a.source in self.services.alarms.current
         self._task = self.loop.create_task(self._run(), name="tag-alarms")
-        self.gateway.tags.subscribe(self._changed)
+        self.services.tags.subscribe(self._changed)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -135,7 +135,7 @@ class TagAlarms:
     async def _apply(self, source: str, alarm: Any, value: Any) -> None:
         from ..core.alarm_spec import AlarmSpec
 
-        event = self.gateway.alarms.current.get(source)
+        event = self.services.alarms.current.get(source)
         if alarm.active and event is None:
             s = alarm.settings
             spec = AlarmSpec(source=source, name=s.name,
@@ -144,8 +144,8 @@ class TagAlarms:
                              ack_mode=s.ack_mode, properties={**s.properties, "tagPath": alarm.path,
                                                               "setpoint": s.setpoint, "mode": s.mode},
                              pipelines=s.pipelines)
-            await self.gateway.alarms.raise_alarms([spec])
+            await self.services.alarms.raise_alarms([spec])
             log.info("tag alarm %s active (value %r)", source, value)
         elif not alarm.active and event is not None:
-            await self.gateway.alarms.clear_sources([source], None, f"tag value {value!r}")
+            await self.services.alarms.clear_sources([source], None, f"tag value {value!r}")
             log.info("tag alarm %s cleared (value %r)", source, value)

@@ -23,9 +23,17 @@ from .alarms import TagAlarms
 from .settings import MqttSettings, TagSettings, TagsSection
 
 if TYPE_CHECKING:
-    from ..core.gateway import Gateway
+    from ..core.services import Services
 
 log = logging.getLogger(__name__)
+
+
+class _TagServices:
+    """What this plugin runs for one gateway: the tag alarms and, when configured, MQTT export."""
+
+    def __init__(self, alarms: TagAlarms):
+        self.alarms = alarms
+        self.mqtt: Any = None
 
 
 @hookimpl
@@ -39,48 +47,47 @@ def config_tags(config: Config) -> dict[str, TagSettings]:
 
 
 @hookimpl
-def annunciator_routes(gateway: Gateway) -> list[BaseRoute]:
+def annunciator_routes(services: Services) -> list[BaseRoute]:
     """``GET /metrics``: every tag in Prometheus' text format (bearer token unless
     ``gateway.public_metrics``)."""
     from . import prometheus
 
     async def metrics(request: Request) -> Response:
-        return Response(prometheus.render(gateway.tags), media_type=prometheus.CONTENT_TYPE)
+        return Response(prometheus.render(services.tags), media_type=prometheus.CONTENT_TYPE)
 
     return [Route("/metrics", metrics, methods=["GET"])]
 
 
 @hookimpl
-def annunciator_register_tags(gateway: Gateway, tags: TagProvider) -> None:
+def annunciator_register_tags(services: Services, tags: TagProvider) -> None:
     """The config's memory tags, before any startup script can write them."""
-    for path, t in config_tags(gateway.config).items():
+    for path, t in config_tags(services.config).items():
         tags.define(path, t.type, t.value, writable=t.writable, doc=t.doc, alarms=list(t.alarms))
 
 
 @hookimpl
-def annunciator_startup(gateway: Gateway) -> None:
+def annunciator_startup(services: Services) -> None:
     loop = asyncio.get_running_loop()
-    alarms = TagAlarms(gateway, loop)
-    for path, t in config_tags(gateway.config).items():
+    alarms = TagAlarms(services, loop)
+    for path, t in config_tags(services.config).items():
         alarms.add(path, list(t.alarms))
     alarms.start()
-    state: dict[str, Any] = {"alarms": alarms, "mqtt": None}
-    settings: MqttSettings = gateway.config.sections.get("mqtt") or MqttSettings()
+    state = services.state.put(_TagServices(alarms))
+    settings: MqttSettings = services.config.sections.get("mqtt") or MqttSettings()
     if settings.host:
         from .mqtt import MqttExporter
 
-        exporter = MqttExporter(settings, gateway.tags, loop, gateway.config.gateway.name)
+        exporter = MqttExporter(settings, services.tags, loop, services.config.gateway.name)
         exporter.start()
-        state["mqtt"] = exporter
-    gateway.extensions["tags"] = state
+        state.mqtt = exporter
 
 
 @hookimpl
-async def annunciator_shutdown(gateway: Gateway) -> None:
-    state = gateway.extensions.pop("tags", None)
-    if not state:
+async def annunciator_shutdown(services: Services) -> None:
+    state = services.state.pop(_TagServices)
+    if state is None:
         return
-    if state["mqtt"] is not None:
+    if state.mqtt is not None:
         # paho's disconnect and thread join block briefly: keep them off the loop
-        await asyncio.to_thread(state["mqtt"].stop)
-    await state["alarms"].stop()
+        await asyncio.to_thread(state.mqtt.stop)
+    await state.alarms.stop()

@@ -19,28 +19,28 @@ class Recorder:
         self.statuses: list[str] = []
 
     @hookimpl
-    def annunciator_alarm_event(self, gateway, event, transition):
+    def annunciator_alarm_event(self, event, transition):
         self.transitions.append((event.source, transition))
 
     @hookimpl
-    def annunciator_notification_event(self, gateway, notification, status):
+    def annunciator_notification_event(self, notification, status):
         self.statuses.append(status)
 
     @hookimpl
-    def annunciator_routes(self, gateway):
+    def annunciator_routes(self, services):
         async def hello(request):
-            return PlainTextResponse(f"{len(gateway.events)} open")
+            return PlainTextResponse(f"{len(services.events)} open")
         return [Route("/plugin/hello", hello)]
 
     @hookimpl
-    def annunciator_resolve_roster(self, gateway, roster, event, at):
+    def annunciator_resolve_roster(self, roster, event, at, users):
         # a calculated roster: Critical alarms also reach the supervisors
         if roster == "operators" and event.priority >= "Critical":
-            return [gateway.users["maria"], gateway.users["li"]]
+            return [users["maria"], users["li"]]
         return None
 
     @hookimpl
-    def annunciator_register_tags(self, gateway, tags):
+    def annunciator_register_tags(self, services, tags):
         tags.define("Plugin/Ready", "Boolean", True)
 
 

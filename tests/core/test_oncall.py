@@ -230,7 +230,7 @@ def test_resolve_roster_honours_a_plugin_and_otherwise_asks_oncall(gateway_confi
 
     class Pick:
         @hookimpl
-        def annunciator_resolve_roster(self, gateway, roster, event, at):
+        def annunciator_resolve_roster(self, roster, event, at):
             return ["sam", "ghost"] if roster == "supervisors" else None
 
     gateway_config["users"]["li"]["schedule"] = "nights"

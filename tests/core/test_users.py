@@ -66,7 +66,7 @@ def test_set_pin_over_the_cli_and_api(pipeline_gateway, tmp_path):
 
     r = cli("pin", "li", "--pin-stdin", stdin="98765\n")
     assert r.returncode == 0 and "PIN set for li" in r.stdout
-    li = gw.gateway.users["li"]
+    li = gw.gateway.directory.users["li"]
     assert check_pin(li, gw.gateway.secret, "98765") == PinResult.OK
     r = cli("pin", "li", "--pin-stdin", stdin="12ab\n")
     assert r.returncode == 1 and "pin" in r.stderr
@@ -76,7 +76,7 @@ def test_set_pin_over_the_cli_and_api(pipeline_gateway, tmp_path):
     async def three_wrong_pins():  # on the gateway's loop, which owns the store's queue
         for wrong in ("0000", "1111", "2222"):
             check_pin(li, gw.gateway.secret, wrong)
-        gw.gateway.save_user(li)
+        gw.gateway.directory.save(li)
 
     gw.call(three_wrong_pins)
     listing = cli("list").stdout

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from annunciator.plugins.twilio.service import TwilioService
+
 from conftest import Subscriber, raise_alarm, wait_until
 
 pytestmark = pytest.mark.twilio
@@ -102,7 +104,7 @@ def test_send_message_bad_input_returns_false_with_a_reason(twilio_gateway):
 
 
 def twilio_emulator_number(gw: Any) -> str:
-    return gw.gateway.extensions["twilio"].account("main").numbers[0]
+    return gw.gateway.services.state.get(TwilioService).account("main").numbers[0]
 
 
 def test_statistics_survive_a_restart(twilio_gateway, twilio_emulator, gateway_config, start_gateway):

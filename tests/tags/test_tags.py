@@ -94,7 +94,7 @@ class StatsPlugin:
     """Defines tags as the Twilio plugin will: Int4 totals and a per-user Dataset."""
 
     @hookimpl
-    def annunciator_register_tags(self, gateway, tags):
+    def annunciator_register_tags(self, tags):
         tags.define("Test/Stats/MessagesSent", "Int4", 3)
         tags.define("Test/Stats/UserStatistics", "Dataset", Dataset(
             columns=USER_COLUMNS, rows=[[0, "maria", "+15550100001", 2, 1], [1, "li", "+15550100002", 1, 0]]))

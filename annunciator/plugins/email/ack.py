@@ -23,7 +23,7 @@ from .render import event_values
 from .tokens import AckClaim, TokenError, csrf_ok, new_csrf, read_token, unverified_profile
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
     from .profile import EmailProfile
 
@@ -45,8 +45,8 @@ SECURITY_HEADERS = {
 class AckPages:
     """The GET page and POST action of ack links, for every email profile of the gateway."""
 
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, services: Services):
+        self.services = services
         self._using: set[str] = set()  # token ids being acknowledged right now (double-click)
         self._used: set[str] = set()  # token ids used since start (the audit log has older ones)
 
@@ -59,7 +59,7 @@ class AckPages:
     def _profiles(self) -> dict[str, EmailProfile]:
         from .profile import EmailProfile
 
-        return {n: p for n, p in self.gateway.profiles.items() if isinstance(p, EmailProfile)}
+        return {n: p for n, p in self.services.profiles.items() if isinstance(p, EmailProfile)}
 
     def _any_profile(self) -> EmailProfile | None:
         return next(iter(self._profiles().values()), None)
@@ -67,7 +67,7 @@ class AckPages:
     def _html(self, profile: EmailProfile | None, name: str, values: dict[str, Any], status: int = 200) -> Response:
         profile = profile or self._any_profile()
         assert profile is not None  # routes exist only with an email profile
-        values.setdefault("gatewayName", self.gateway.config.gateway.name)
+        values.setdefault("gatewayName", self.services.config.gateway.name)
         body = profile.templates.get_template(name).render(values)
         return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
@@ -75,7 +75,7 @@ class AckPages:
         return self._html(profile, "ack_error.html", {"error": message}, status)
 
     async def _claim(self, token: str) -> tuple[EmailProfile | None, AckClaim | Response]:
-        gw = self.gateway
+        gw = self.services
         name = unverified_profile(gw.secret, token)
         profile = self._profiles().get(name or "")
         if profile is None:
@@ -93,14 +93,14 @@ class AckPages:
     async def _was_used(self, claim: AckClaim) -> bool:
         if claim.jti in self._used or claim.jti in self._using:
             return True
-        entries = await self.gateway.audit.query(code=LINK_USED, event_id=claim.event_ids[0], limit=1000)
+        entries = await self.services.audit.query(code=LINK_USED, event_id=claim.event_ids[0], limit=1000)
         return any((e.get("details") or {}).get("jti") == claim.jti for e in entries)
 
     async def _events(self, claim: AckClaim) -> list[AlarmEvent]:
         events = []
         for event_id in claim.event_ids:
             try:
-                events.append(await self.gateway.history.find_event(event_id))
+                events.append(await self.services.history.find_event(event_id))
             except NotFound:
                 continue  # purged by retention: nothing to show or do for it
         return events
@@ -108,9 +108,9 @@ class AckPages:
     def _page(self, request: Request, profile: EmailProfile, claim: AckClaim, events: list[AlarmEvent], *,
               notes: str = "", error: str | None = None, status: int = 200) -> Response:
         token = request.path_params["token"]
-        nonce, csrf = new_csrf(self.gateway.secret, token, request.cookies.get(COOKIE))
+        nonce, csrf = new_csrf(self.services.secret, token, request.cookies.get(COOKIE))
         open_ = [e for e in events if not e.acknowledged]
-        user = self.gateway.users[claim.user]
+        user = self.services.users[claim.user]
         response = self._html(profile, "ack_page.html", {
             "events": [event_values(e) for e in events], "open": bool(open_), "csrf": csrf, "notes": notes,
             "notesRequired": any(e.ack_notes_required for e in open_), "error": error,
@@ -134,7 +134,7 @@ class AckPages:
         return self._page(request, profile, claim, events)
 
     async def post(self, request: Request) -> Response:
-        gw = self.gateway
+        gw = self.services
         token = request.path_params["token"]
         profile, claim = await self._claim(token)
         if isinstance(claim, Response):
@@ -156,7 +156,7 @@ class AckPages:
             self._using.discard(claim.jti)
 
     async def _acknowledge(self, request: Request, profile: EmailProfile, claim: AckClaim, notes: str) -> Response:
-        gw = self.gateway
+        gw = self.services
         events = await self._events(claim)
         todo = [e for e in events if not e.acknowledged and e.id in gw.events]
         if any(e.ack_notes_required for e in todo) and not notes:

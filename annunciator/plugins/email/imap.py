@@ -35,16 +35,22 @@ from .profile import tls_context
 from .settings import ImapSettings
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
     from .profile import EmailProfile
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "email.imap"
 _THREAD = re.compile(r"<alarm\.([0-9a-f]{32})@[^>\s]+>")
 _ACK = re.compile(r"^\s*ACK\b[\s:,.-]*(?P<pin>\d{4,12}\b)?\s*(?P<note>.*)$", re.IGNORECASE)
 _TAGS = re.compile(r"<[^>]+>")
+
+
+class _Pollers:
+    """This plugin's IMAP pollers for one gateway, by profile name."""
+
+    def __init__(self, by_profile: dict[str, ImapPoller]):
+        self.by_profile = by_profile
 
 
 def first_line(msg: EmailMessage) -> str:
@@ -74,8 +80,8 @@ def thread_events(msg: EmailMessage) -> list[str]:
 class ImapPoller:
     """One mailbox for one email profile, polled every ``interval``."""
 
-    def __init__(self, gateway: Gateway, profile: EmailProfile, settings: ImapSettings):
-        self.gateway, self.profile, self.settings = gateway, profile, settings
+    def __init__(self, services: Services, profile: EmailProfile, settings: ImapSettings):
+        self.services, self.profile, self.settings = services, profile, settings
         self._task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
         self.polls = 0  # completed polls, for tests and status
@@ -84,7 +90,7 @@ class ImapPoller:
 
     def _connect(self) -> imaplib.IMAP4:
         s = self.settings
-        ca = str(self.gateway.config.resolve(s.ca_file)) if s.ca_file else None
+        ca = str(self.services.config.resolve(s.ca_file)) if s.ca_file else None
         if s.security == "tls":
             conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(s.host, s.effective_port, ssl_context=tls_context(s.verify, ca),
                                                     timeout=s.timeout)
@@ -177,7 +183,7 @@ class ImapPoller:
 
     async def handle(self, raw: bytes) -> str:
         """Act on one reply; returns what happened (also written to the audit log)."""
-        gw = self.gateway
+        gw = self.services
         msg: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
         sender = parseaddr(str(msg.get("From", "")))[1].lower()
         auto = str(msg.get("Auto-Submitted", "no")).strip().lower()
@@ -211,7 +217,7 @@ class ImapPoller:
         return await self._ack(user, mine, note, base)
 
     async def _ack(self, user: User, event_ids: list[str], note: str, base: dict[str, Any]) -> str:
-        gw = self.gateway
+        gw = self.services
         todo = [i for i in event_ids if (e := gw.events.get(i)) is not None and not e.acknowledged]
         if not todo:
             return self._outcome("EmailReplyIgnored", base, "every alarm of the thread is already acknowledged",
@@ -226,14 +232,14 @@ class ImapPoller:
         return f"acknowledged {len(todo)}"
 
     def _outcome(self, code: str, base: dict[str, Any], text: str, event_ids: list[str] | None = None) -> str:
-        self.gateway.audit.record(code, text=text, event_ids=event_ids, **base)
+        self.services.audit.record(code, text=text, event_ids=event_ids, **base)
         log.info("email reply from %s: %s", base.get("contact"), text)
         return text
 
     def _user_by_address(self, address: str) -> User | None:
         if not address:
             return None
-        for user in self.gateway.users.values():
+        for user in self.services.users.values():
             if address in (a.lower() for a in user.contacts.get("email", [])):
                 return user
         return None
@@ -250,7 +256,7 @@ class ImapPoller:
             return [r.event_ids for r in conn.execute(q)]
 
         sent: set[str] = set()
-        for ids in await self.gateway.store.read(load):
+        for ids in await self.services.store.read(load):
             sent.update(ids or [])
         return [i for i in event_ids if i in sent]
 
@@ -266,15 +272,16 @@ def _logout(conn: imaplib.IMAP4) -> None:
         pass
 
 
-async def start_pollers(gateway: Gateway, profiles: list[EmailProfile]) -> None:
-    pollers = {p.name: ImapPoller(gateway, p, p.email.imap) for p in profiles if p.email.imap is not None}
-    gateway.extensions[EXTENSION] = pollers
+async def start_pollers(services: Services, profiles: list[EmailProfile]) -> None:
+    pollers = {p.name: ImapPoller(services, p, p.email.imap) for p in profiles if p.email.imap is not None}
+    services.state.put(_Pollers(pollers))
     for poller in pollers.values():
         poller.start()
 
 
-async def stop_pollers(gateway: Gateway) -> None:
-    for poller in gateway.extensions.pop(EXTENSION, {}).values():
+async def stop_pollers(services: Services) -> None:
+    state = services.state.pop(_Pollers)
+    for poller in state.by_profile.values() if state is not None else []:
         await poller.stop()
 
 

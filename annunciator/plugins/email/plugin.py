@@ -28,8 +28,8 @@ def _email_profiles(config: Config) -> dict[str, Any]:
             if raw.get("type") == EmailProfile.type_name and name in config.profiles}
 
 
-def _gateway_email_profiles(gateway: Any) -> list[EmailProfile]:
-    return [p for p in gateway.profiles.values() if isinstance(p, EmailProfile)]
+def _gateway_email_profiles(services: Any) -> list[EmailProfile]:
+    return [p for p in services.profiles.values() if isinstance(p, EmailProfile)]
 
 
 @hookimpl
@@ -75,16 +75,16 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
 
 
 @hookimpl
-def annunciator_routes(gateway: Any) -> list[BaseRoute]:
-    if not _gateway_email_profiles(gateway):
+def annunciator_routes(services: Any) -> list[BaseRoute]:
+    if not _gateway_email_profiles(services):
         return []
-    return [*AckPages(gateway).routes(), Route("/api/email/stats", _stats(gateway), methods=["GET"])]
+    return [*AckPages(services).routes(), Route("/api/email/stats", _stats(services), methods=["GET"])]
 
 
-def _stats(gateway: Any) -> Any:
+def _stats(services: Any) -> Any:
     async def stats(request: Request) -> JSONResponse:
         """Emails sent per person and per profile, from the notification records (survives restarts)."""
-        names = [p.name for p in _gateway_email_profiles(gateway)]
+        names = [p.name for p in _gateway_email_profiles(services)]
         n = schema.notifications
 
         def load(conn: sa.Connection) -> list[Any]:
@@ -97,7 +97,7 @@ def _stats(gateway: Any) -> Any:
             return list(conn.execute(q))
 
         users: dict[str, dict[str, Any]] = {}
-        for username, profile, status, count in await gateway.store.read(load):
+        for username, profile, status, count in await services.store.read(load):
             u = users.setdefault(username, {"sent": 0, "failed": 0, "byProfile": {}})
             u[status] += count
             u["byProfile"].setdefault(profile, {"sent": 0, "failed": 0})[status] += count
@@ -107,14 +107,14 @@ def _stats(gateway: Any) -> Any:
 
 
 @hookimpl
-def annunciator_startup(gateway: Any) -> Any:
+def annunciator_startup(services: Any) -> Any:
     from .imap import start_pollers
 
-    return start_pollers(gateway, _gateway_email_profiles(gateway))
+    return start_pollers(services, _gateway_email_profiles(services))
 
 
 @hookimpl
-def annunciator_shutdown(gateway: Any) -> Any:
+def annunciator_shutdown(services: Any) -> Any:
     from .imap import stop_pollers
 
-    return stop_pollers(gateway)
+    return stop_pollers(services)

@@ -55,7 +55,7 @@ class EmailProfile(NotificationProfile):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         s = self.email
-        folder = self.gateway.config.resolve(s.templates) if s.templates else None
+        folder = self.services.config.resolve(s.templates) if s.templates else None
         self.templates = environment(folder)
         subjects = subject_environment()
         self._subject = subjects.from_string(s.subject)
@@ -71,31 +71,31 @@ class EmailProfile(NotificationProfile):
     async def start(self) -> None:
         s = self.email
         if s.security != "none":
-            ca = str(self.gateway.config.resolve(s.ca_file)) if s.ca_file else None
+            ca = str(self.services.config.resolve(s.ca_file)) if s.ca_file else None
             self._tls = tls_context(s.verify, ca)
 
     # --- composing ------------------------------------------------------------------------
 
     def base_url(self) -> str:
-        g = self.gateway.config.gateway
+        g = self.services.config.gateway
         if g.external_url:
             return g.external_url.rstrip("/")
         return f"http://{g.http.host}:{g.http.port}"
 
     def ack_url(self, username: str, event_ids: list[str]) -> str:
-        return f"{self.base_url()}/ack/{make_token(self.gateway.secret, username, event_ids, self.name)}"
+        return f"{self.base_url()}/ack/{make_token(self.services.secret, username, event_ids, self.name)}"
 
     def context(self, n: Notification) -> dict[str, Any]:
         """Everything the body templates see."""
         s = self.email
         open_ = [e for e in n.events if not e.acknowledged]
-        links = s.ack_links and bool(self.gateway.secret)
+        links = s.ack_links and bool(self.services.secret)
         events = [event_values(e, self.ack_url(n.user.username, [e.id]) if links and not e.acknowledged else None)
                   for e in n.events]
         values: dict[str, Any] = {
             "message": n.message, "events": events, "count": len(n.events),
             "user": {"username": n.user.username, "name": n.user.display_name},
-            "gatewayName": self.gateway.config.gateway.name,
+            "gatewayName": self.services.config.gateway.name,
             "replyAck": s.imap is not None, "replyPin": s.imap is not None and s.imap.require_pin,
             "allAckUrl": self.ack_url(n.user.username, [e.id for e in open_]) if links and len(open_) > 1 else None,
         }

@@ -13,7 +13,7 @@ from annunciator.core import schema
 from annunciator.core.alarms import utcnow
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
     from annunciator.core.store import Store
 
 
@@ -46,8 +46,5 @@ class PinSessions:
         self.ends[username] = end
 
 
-def pin_sessions(gateway: Gateway) -> PinSessions:
-    sessions = gateway.extensions.get("pin_sessions")
-    if sessions is None:
-        sessions = gateway.extensions["pin_sessions"] = PinSessions(gateway.store)
-    return sessions
+def pin_sessions(services: Services) -> PinSessions:
+    return services.state.setdefault(PinSessions, lambda: PinSessions(services.store))

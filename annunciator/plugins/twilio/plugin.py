@@ -51,11 +51,11 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
 
 
 @hookimpl
-def annunciator_register_tags(gateway: Any, tags: Any) -> None:
-    twilio_stats(gateway).define_tags()
+def annunciator_register_tags(services: Any, tags: Any) -> None:
+    twilio_stats(services).define_tags()
 
 
 @hookimpl
-async def annunciator_startup(gateway: Any) -> None:
-    await twilio_stats(gateway).load()
-    await pin_sessions(gateway).load()
+async def annunciator_startup(services: Any) -> None:
+    await twilio_stats(services).load()
+    await pin_sessions(services).load()

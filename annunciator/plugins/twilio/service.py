@@ -1,7 +1,7 @@
 """Twilio accounts at run time: the official async client per account, the built-in emulator when
 no credentials are configured, webhook URLs and signatures, and per-number send pacing.
 
-One ``TwilioService`` per gateway, shared by the SMS and voice plugins (``twilio_service(gw)``).
+One ``TwilioService`` per services, shared by the SMS and voice plugins (``twilio_service(gw)``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .http import async_client
 from .settings import TwilioAccountSettings, TwilioSettings
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class TwilioAccount:
 
 
 class TwilioService:
-    def __init__(self, gateway: Gateway, settings: TwilioSettings):
-        self.gateway = gateway
+    def __init__(self, services: Services, settings: TwilioSettings):
+        self.services = services
         self.settings = settings
         self.accounts: dict[str, TwilioAccount] = {}
         self._started = False
@@ -118,8 +118,8 @@ class TwilioService:
                                               s.timeout)
                 account.validator = RequestValidator(account.auth_token)
                 self.accounts[name] = account
-            if not self.gateway.config.gateway.external_url and not all(a.emulator for a in self.accounts.values()):
-                log.warning("gateway.external_url is not set: Twilio cannot reach this gateway, so delivery "
+            if not self.services.config.gateway.external_url and not all(a.emulator for a in self.accounts.values()):
+                log.warning("gateway.external_url is not set: Twilio cannot reach this services, so delivery "
                             "reports, SMS replies and voice calls will not work")
             self._started = True
 
@@ -162,7 +162,7 @@ class TwilioService:
 
     @property
     def webhook_base(self) -> str:
-        g = self.gateway.config.gateway
+        g = self.services.config.gateway
         if g.external_url:
             return g.external_url.rstrip("/")
         return f"http://{g.http.host}:{g.http.port}"
@@ -181,10 +181,7 @@ class TwilioService:
         return any(a.validator is not None and a.validator.validate(url, params, signature) for a in candidates)
 
 
-def twilio_service(gateway: Gateway) -> TwilioService:
+def twilio_service(services: Services) -> TwilioService:
     """The gateway's one TwilioService (created on first use)."""
-    service = gateway.extensions.get("twilio")
-    if service is None:
-        settings = gateway.config.sections.get("twilio") or TwilioSettings()
-        service = gateway.extensions["twilio"] = TwilioService(gateway, settings)
-    return service
+    return services.state.setdefault(TwilioService, lambda: TwilioService(
+        services, services.config.sections.get("twilio") or TwilioSettings()))

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from annunciator.core import schema
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 PREFIX = "System/Gateway/Twilio"
 TOTALS = ("MessagesSent", "MessagesReceived", "CallsSent", "CallsReceived", "CallMinutesSent",
@@ -45,8 +45,8 @@ class UserStats:
 
 
 class TwilioStats:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, services: Services):
+        self.services = services
         self.by_user: dict[str, UserStats] = {}  # username, "" for numbers that are nobody's
         self.loaded = False
         self._defined = False
@@ -64,7 +64,7 @@ class TwilioStats:
                                 .where(m.c.channel.in_(["sms", "voice"]))
                                 .group_by(m.c.channel, m.c.direction, m.c.username)).all()
 
-        for channel, direction, username, count, minutes in await self.gateway.store.read(read):
+        for channel, direction, username, count, minutes in await self.services.store.read(read):
             self._add(channel, direction, username, int(count), int(minutes or 0))
         self.loaded = True
         self.publish_soon()
@@ -106,7 +106,7 @@ class TwilioStats:
     # --- tags -----------------------------------------------------------------------------
 
     def define_tags(self) -> None:
-        tags = self.gateway.tags
+        tags = self.services.tags
         for name in TOTALS:
             tags.define(f"{PREFIX}/{name}", "Int4", 0)
         tags.define(f"{PREFIX}/UserStatistics", "Dataset", self.dataset())
@@ -115,7 +115,7 @@ class TwilioStats:
     def dataset(self) -> dict[str, Any]:
         """One row per configured person (and none for unknown numbers), as the seed's dataset."""
         rows = []
-        for user in sorted(self.gateway.users.values(), key=lambda u: u.id or 0):
+        for user in sorted(self.services.users.values(), key=lambda u: u.id or 0):
             phone = (user.contacts.get("sms") or user.contacts.get("phone") or [""])[0]
             rows.append([user.id, user.username, phone, *self.of(user.username).values()])
         return {"columns": list(USER_COLUMNS), "rows": rows}
@@ -134,15 +134,12 @@ class TwilioStats:
         self._publish_pending = False
         if not self._defined:
             return  # define_tags runs at start, and publishes then
-        tags = self.gateway.tags
+        tags = self.services.tags
         for name, value in zip(TOTALS, self.totals().values(), strict=True):
             if tags.read(f"{PREFIX}/{name}").value != value:
                 tags.write(f"{PREFIX}/{name}", value)
         tags.write(f"{PREFIX}/UserStatistics", self.dataset())
 
 
-def twilio_stats(gateway: Gateway) -> TwilioStats:
-    stats = gateway.extensions.get("twilio_stats")
-    if stats is None:
-        stats = gateway.extensions["twilio_stats"] = TwilioStats(gateway)
-    return stats
+def twilio_stats(services: Services) -> TwilioStats:
+    return services.state.setdefault(TwilioStats, lambda: TwilioStats(services))

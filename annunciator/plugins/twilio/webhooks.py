@@ -16,7 +16,7 @@ from starlette.responses import Response
 from .service import twilio_service
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ FORM = "application/x-www-form-urlencoded"
 MAX_BODY = 64 * 1024  # a 1,600-character SMS with every Twilio field is far below this
 
 
-async def verified_form(gateway: Gateway, request: Request) -> dict[str, str] | Response:
+async def verified_form(services: Services, request: Request) -> dict[str, str] | Response:
     """The webhook's parameters, or the response that refuses it."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
         return Response("expected a form-encoded Twilio webhook\n", status_code=415)
@@ -42,7 +42,7 @@ async def verified_form(gateway: Gateway, request: Request) -> dict[str, str] | 
     request._body = body  # let request.form() parse what was read
     form = await request.form()
     params = {k: str(v) for k, v in form.items()}
-    service = twilio_service(gateway)
+    service = twilio_service(services)
     await service.start()
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     if not service.signature_ok(path, params, request.headers.get("x-twilio-signature")):

@@ -12,10 +12,10 @@ from starlette.routing import Route
 from annunciator.core import schema
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 
-def history_routes(gateway: Gateway) -> list[Route]:
+def history_routes(services: Services) -> list[Route]:
     async def messages(request: Request) -> JSONResponse:
         q = request.query_params
         try:
@@ -32,7 +32,7 @@ def history_routes(gateway: Gateway) -> list[Route]:
                      "user": r.username, "body": r.body, "status": r.status, "error": r.error, "pool": r.pool,
                      "eventIds": r.event_ids or [], "created": r.created.isoformat()} for r in conn.execute(query)]
 
-        rows = await gateway.store.read(load)
+        rows = await services.store.read(load)
         return JSONResponse({"messages": list(reversed(rows))})
 
     return [Route("/api/sms/messages", messages, methods=["GET"])]

@@ -32,7 +32,7 @@ from .replies import Reply, parse_reply
 from .state import ALL_POOLS, SmsState, pool_key, sms_state
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
     from .profile import TwilioSmsProfile
 
@@ -57,15 +57,15 @@ def _twiml(text: str | None) -> Response:
 
 
 class InboundSms:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, services: Services):
+        self.services = services
 
     def routes(self) -> list[Route]:
         return [Route("/twilio/sms", self.inbound, methods=["POST"]),
                 Route("/twilio/sms/status", self.status, methods=["POST"])]
 
     async def _verified_form(self, request: Request) -> dict[str, str] | Response:
-        return await verified_form(self.gateway, request)
+        return await verified_form(self.services, request)
 
     # --- delivery reports -----------------------------------------------------------------
 
@@ -78,17 +78,17 @@ class InboundSms:
             return Response("MessageSid and MessageStatus are required\n", status_code=400)
         code = params.get("ErrorCode") or None
         error = f"Twilio error {code}" if code else None
-        state = sms_state(self.gateway)
+        state = sms_state(self.services)
         state.update_status(sid, status, error)
         if code == "21610" and params.get("To"):
             # Twilio's opt-out is per sender: the pool of the number that tried, not every pool
-            service = twilio_service(self.gateway)
+            service = twilio_service(self.services)
             account = service.owner_of(params.get("From", ""))
             scope = (pool_key(account.name, service.pool_of(account, params["From"])) if account
                      else ALL_POOLS)
             state.set_opt_out(params["To"], scope, True, "provider")
-        await self.gateway.delivery.delivery_status(sid, status, error)
-        await self.gateway.store.commit(timeout=self.gateway.store.read_timeout)
+        await self.services.delivery.delivery_status(sid, status, error)
+        await self.services.store.commit(timeout=self.services.store.read_timeout)
         return Response(status_code=204)
 
     # --- inbound messages -----------------------------------------------------------------
@@ -100,7 +100,7 @@ class InboundSms:
         missing = [k for k in ("MessageSid", "From", "To") if not params.get(k)]
         if missing or "Body" not in params:
             return Response(f"missing {', '.join(missing or ['Body'])}\n", status_code=400)
-        gw = self.gateway
+        gw = self.services
         state = sms_state(gw)
         await state.load()
         sid, their, our, body = params["MessageSid"], params["From"], params["To"], params["Body"]
@@ -138,7 +138,7 @@ class InboundSms:
                  .where(m.c.channel == "sms", m.c.direction == "out", m.c.their_number == their,
                         m.c.our_number == our, sa.or_(m.c.status.is_(None), m.c.status != "twiml"))
                  .order_by(m.c.created.desc()).limit(1))
-        ids = await self.gateway.store.read(lambda conn: conn.execute(query).scalar())
+        ids = await self.services.store.read(lambda conn: conn.execute(query).scalar())
         return list(ids or [])
 
     async def _stored_long_ago(self, sid: str) -> bool:
@@ -146,16 +146,16 @@ class InboundSms:
         memory) is looked up in the table. Without waiting for a commit: the original, if any,
         was stored long before."""
         m = schema.messages
-        found = await self.gateway.store.read(
+        found = await self.services.store.read(
             lambda c: c.execute(sa.select(m.c.id).where(m.c.id == sid)).first(), fresh=False)
         return found is not None
 
     def _profile_for(self, our: str) -> TwilioSmsProfile | None:
         from .profile import TwilioSmsProfile
 
-        service = twilio_service(self.gateway)
+        service = twilio_service(self.services)
         owner = service.owner_of(our)
-        candidates = [p for p in self.gateway.profiles.values() if isinstance(p, TwilioSmsProfile)]
+        candidates = [p for p in self.services.profiles.values() if isinstance(p, TwilioSmsProfile)]
         for p in candidates:
             if owner is not None and service.account(p.sms.account) is owner:
                 return p
@@ -164,13 +164,13 @@ class InboundSms:
     def _sender(self, number: str, reply: Reply, state: SmsState) -> User | None:
         """Who texted. A handset shared by several people (a control-room phone) is resolved by
         the PIN in the reply, else to the one it last texted about an alarm, else the first."""
-        users = [u for u in self.gateway.users.values()
+        users = [u for u in self.services.users.values()
                  if number in u.contacts.get("sms", []) or number in u.contacts.get("phone", [])]
         if len(users) <= 1:
             return users[0] if users else None
         if reply.pin:
             for u in users:
-                if pin_matches(u, self.gateway.secret, reply.pin):
+                if pin_matches(u, self.services.secret, reply.pin):
                     return u
         return next((u for u in users if u.username in state.latest), users[0])
 
@@ -178,9 +178,9 @@ class InboundSms:
 class Conversation:
     """One inbound message from one number, and what to answer."""
 
-    def __init__(self, gateway: Gateway, state: SmsState, profile: TwilioSmsProfile | None, user: User | None,
+    def __init__(self, services: Services, state: SmsState, profile: TwilioSmsProfile | None, user: User | None,
                  their: str, our: str, scope: str):
-        self.gw, self.state, self.profile, self.user = gateway, state, profile, user
+        self.gw, self.state, self.profile, self.user = services, state, profile, user
         self.their, self.our, self.scope = their, our, scope
         self.settings: Any = profile.sms if profile is not None else None
 

@@ -21,15 +21,15 @@ def annunciator_profile_types() -> list[type[TwilioSmsProfile]]:
 
 
 @hookimpl
-def annunciator_scripting_namespaces(gateway: Any) -> dict[str, Any]:
+def annunciator_scripting_namespaces(services: Any) -> dict[str, Any]:
     from annunciator.scripting.runner import Bridge
 
-    return {"twilio": TwilioFunctions(gateway, Bridge(asyncio.get_running_loop()))}
+    return {"twilio": TwilioFunctions(services, Bridge(asyncio.get_running_loop()))}
 
 
 @hookimpl
-def annunciator_routes(gateway: Any) -> list[Any]:
-    return InboundSms(gateway).routes() + history_routes(gateway)
+def annunciator_routes(services: Any) -> list[Any]:
+    return InboundSms(services).routes() + history_routes(services)
 
 
 @hookimpl

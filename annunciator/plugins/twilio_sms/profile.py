@@ -11,7 +11,7 @@ from pydantic import Field
 from annunciator.core.config import Duration, StrictModel
 from annunciator.core.notifications import Notification
 from annunciator.core.profiles import DeliveryResult, NotificationProfile
-from annunciator.plugins.twilio.service import twilio_service
+from annunciator.plugins.twilio.service import TwilioService, twilio_service
 
 from .sender import send_sms
 from .state import Latest, sms_state
@@ -45,11 +45,11 @@ class TwilioSmsProfile(NotificationProfile):
         return self.settings  # type: ignore[return-value]
 
     async def start(self) -> None:
-        await twilio_service(self.gateway).start()
-        await sms_state(self.gateway).load()
+        await twilio_service(self.services).start()
+        await sms_state(self.services).load()
 
     async def stop(self) -> None:
-        service = self.gateway.extensions.get("twilio")
+        service = self.services.state.get(TwilioService)
         if service is not None and service.accounts:
             await service.stop()
 
@@ -63,7 +63,7 @@ class TwilioSmsProfile(NotificationProfile):
         return text
 
     async def send(self, notification: Notification) -> DeliveryResult:
-        state = sms_state(self.gateway)
+        state = sms_state(self.services)
         username = notification.user.username
 
         def sending(our: str) -> Callable[[], None]:
@@ -82,12 +82,12 @@ class TwilioSmsProfile(NotificationProfile):
             return undo
 
         result = await send_sms(
-            self.gateway, notification.contact or "", self.text_for(notification), account=self.sms.account,
+            self.services, notification.contact or "", self.text_for(notification), account=self.sms.account,
             pool=self.sms.pool, messaging_service=self.sms.messaging_service, footer=self.sms.footer,
             smart=self.sms.smart_encoding, username=username, event_ids=notification.event_ids,
             notification_id=notification.id, sending=sending)
         if result.ok:
             mine = state.notified.setdefault(username, set())
-            mine.intersection_update(self.gateway.events)  # forget finished alarms as we go
+            mine.intersection_update(self.services.events)  # forget finished alarms as we go
             mine.update(notification.event_ids)
         return result

@@ -17,7 +17,7 @@ from annunciator.plugins.twilio.stats import twilio_stats
 from .sender import send_sms
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
     from annunciator.core.users import User
 
 log = logging.getLogger("annunciator.scripts.twilio")
@@ -74,8 +74,8 @@ class TwilioUser:
 class TwilioFunctions:
     """``system.twilio``."""
 
-    def __init__(self, gateway: Gateway, bridge: Any):
-        self._gw, self._bridge = gateway, bridge
+    def __init__(self, services: Services, bridge: Any):
+        self._gw, self._bridge = services, bridge
         self._last_error: str | None = None
 
     def sendMessage(self, number: str, message: str, account: str | None = None, fromNumber: str | None = None,
@@ -120,9 +120,9 @@ class TwilioFunctions:
         users = self._gw.users
         user = None
         if isinstance(id, int) and not isinstance(id, bool):
-            user = self._gw.users_by_id.get(id)
+            user = self._gw.directory.by_id.get(id)
         elif isinstance(id, str):
-            user = users.get(id) or (self._gw.users_by_id.get(int(id)) if id.isdigit() else None)
+            user = users.get(id) or (self._gw.directory.by_id.get(int(id)) if id.isdigit() else None)
         if user is None:
             known = ", ".join(f"{u.id} ({u.username})" for u in sorted(users.values(), key=lambda u: u.id or 0))
             raise LookupError(f"no user {id!r}; known: {known or '(none)'}")

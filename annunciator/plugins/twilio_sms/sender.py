@@ -20,7 +20,7 @@ from .state import SmsState, pool_key, sms_state
 from .text import smart_encode
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ PERMANENT = {21211: "invalid 'To' number", 21614: "not a mobile number", 21612: 
              21617: "message too long", 21602: "message body is required", 30004: "message blocked"}
 
 
-async def send_sms(gateway: Gateway, to: str, text: str, *, account: str | None = None, pool: str | None = None,
+async def send_sms(services: Services, to: str, text: str, *, account: str | None = None, pool: str | None = None,
                    from_: str | None = None, messaging_service: bool = False, footer: str = "",
                    smart: bool = True, username: str | None = None, event_ids: list[str] | None = None,
                    notification_id: str | None = None,
@@ -39,15 +39,15 @@ async def send_sms(gateway: Gateway, to: str, text: str, *, account: str | None 
     """Send ``text`` to ``to``; the result says sent (with the Message SID) or why not, and whether a
     retry could help. ``sending(sender)`` is called just before the request and returns an undo
     for a failure (the profile notes what a reply will refer to before the phone can answer)."""
-    service = twilio_service(gateway)
+    service = twilio_service(services)
     await service.start()
-    state = sms_state(gateway)
+    state = sms_state(services)
     await state.load()
     acct = service.account(account)
     scope = pool_key(acct.name, pool)
     # A timed-out request may have created the message all the same (Twilio has no idempotency
     # key for Messages): before sending again, ask Twilio whether it did, so nobody gets it twice.
-    unsure: dict[str, tuple[str, str | None, datetime]] = gateway.extensions.setdefault("twilio_sms_unsure", {})
+    unsure = state.unsure
     key = notification_id or f"{to}|{text}"
     if key in unsure:
         sent_body, sender, since = unsure[key]

@@ -17,7 +17,7 @@ from annunciator.plugins.twilio.pin_sessions import pin_sessions
 from annunciator.plugins.twilio.stats import twilio_stats
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 ALL_POOLS = "*"
 _SEEN_SIDS = 10_000  # replayed webhooks come within minutes; older ones are found in the table
@@ -35,13 +35,15 @@ class Latest:
 
 
 class SmsState:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-        self.pins = pin_sessions(gateway)  # shared with voice calls
+    def __init__(self, services: Services):
+        self.services = services
+        self.pins = pin_sessions(services)  # shared with voice calls
         self.opted: dict[tuple[str, str], bool] = {}  # (number, scope) -> opted out now
         self.greeted: set[tuple[str, str]] = set()  # (pool key, number) that had a first message
         self.last_sender: dict[str, str] = {}  # their number -> our number it last heard from
         self.latest: dict[str, Latest] = {}
+        # sends that timed out: Twilio may have created them all the same (see sender.send_sms)
+        self.unsure: dict[str, tuple[str, str | None, datetime]] = {}
         self.notified: dict[str, set[str]] = {}  # username -> events sent to them (ACK ALL)
         self.error_replies: Counter[str] = Counter()  # their number -> help/error replies since a valid one
         self.seen: OrderedDict[str, None] = OrderedDict()
@@ -78,7 +80,7 @@ class SmsState:
                                        .order_by(m.c.created)).all(),
             }
 
-        data = await self.gateway.store.read(read)
+        data = await self.services.store.read(read)
         self.opted = {(num, scope): active for num, scope, active in data["opt"]}
         for pool, account, their, our, _ in sorted(data["pairs"], key=lambda r: r[4]):
             self.greeted.add((pool_key(account, pool), their))
@@ -100,9 +102,9 @@ class SmsState:
         now = utcnow()
         row_id = f"{number}|{scope}"
         if key in self.opted:
-            self.gateway.store.update(schema.opt_outs, row_id, {"active": active, "source": source, "updated": now})
+            self.services.store.update(schema.opt_outs, row_id, {"active": active, "source": source, "updated": now})
         else:
-            self.gateway.store.insert(schema.opt_outs, {"id": row_id, "number": number, "scope": scope,
+            self.services.store.insert(schema.opt_outs, {"id": row_id, "number": number, "scope": scope,
                                                         "active": active, "source": source, "created": now,
                                                         "updated": now})
         self.opted[key] = active
@@ -136,26 +138,23 @@ class SmsState:
                notification_id: str | None = None, error: str | None = None, at: datetime | None = None) -> str:
         now = at or utcnow()
         row_id = sid or new_id()
-        self.gateway.store.insert(schema.messages, {
+        self.services.store.insert(schema.messages, {
             "id": row_id, "channel": "sms", "direction": direction, "provider_id": sid, "account": account,
             "pool": pool, "our_number": our, "their_number": their, "username": username, "body": body,
             "status": status, "error": error, "event_ids": event_ids or [], "notification_id": notification_id,
             "created": now, "updated": now, "read": direction == "out", "deleted": False})
-        twilio_stats(self.gateway).count("sms", direction, username)
+        twilio_stats(self.services).count("sms", direction, username)
         if direction == "out" and our:
             self.last_sender[their] = our
         return row_id
 
     def update_status(self, sid: str, status: str, error: str | None) -> None:
-        self.gateway.store.update(schema.messages, sid, {"status": status, "error": error, "updated": utcnow()})
+        self.services.store.update(schema.messages, sid, {"status": status, "error": error, "updated": utcnow()})
 
 
 def pool_key(account: str | None, pool: str | None) -> str:
     return f"{account or ''}/{pool or ''}"
 
 
-def sms_state(gateway: Gateway) -> SmsState:
-    state = gateway.extensions.get("twilio_sms")
-    if state is None:
-        state = gateway.extensions["twilio_sms"] = SmsState(gateway)
-    return state
+def sms_state(services: Services) -> SmsState:
+    return services.state.setdefault(SmsState, lambda: SmsState(services))

@@ -37,7 +37,7 @@ from .state import FINAL, CallSession, voice_state
 from .twiml import clean, to_xml
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
     from .profile import TwilioVoiceProfile, VoiceSettings
 
@@ -85,11 +85,11 @@ class Speaker:
                          user.language if lang and user is not None else settings.language)
         self.voice = lang.voice if lang and lang.voice else settings.voice
         self.prompts = {**PROMPTS, **settings.prompts, **(lang.prompts if lang else {})}
-        self.gateway_name = gateway_name
+        self.services_name = gateway_name
 
     def text(self, key: str, **values: Any) -> str:
         template = self.prompts.get(key, PROMPTS.get(key, key))
-        values.setdefault("gateway", self.gateway_name)
+        values.setdefault("gateway", self.services_name)
         try:
             return template.format(**values)
         except (KeyError, IndexError, ValueError):
@@ -112,8 +112,8 @@ def spoken_path(path: str) -> str:
 
 
 class VoiceFlow:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, services: Services):
+        self.services = services
         self._scripts: dict[str, CallScript] = {}
         self._background: set[asyncio.Task[None]] = set()  # reports that outlive the request
 
@@ -125,23 +125,23 @@ class VoiceFlow:
     # --- plumbing -------------------------------------------------------------------------
 
     async def _verified_form(self, request: Request) -> dict[str, str] | Response:
-        return await verified_form(self.gateway, request)
+        return await verified_form(self.services, request)
 
     def _profile(self, name: str) -> TwilioVoiceProfile | None:
         from .profile import TwilioVoiceProfile
 
-        p = self.gateway.profiles.get(name)
+        p = self.services.profiles.get(name)
         return p if isinstance(p, TwilioVoiceProfile) else None
 
     def _first_profile(self) -> TwilioVoiceProfile | None:
         from .profile import TwilioVoiceProfile
 
-        return next((p for p in self.gateway.profiles.values() if isinstance(p, TwilioVoiceProfile)), None)
+        return next((p for p in self.services.profiles.values() if isinstance(p, TwilioVoiceProfile)), None)
 
     def _url(self, action: str, session: CallSession, **query: Any) -> str:
         """An absolute URL of the flow: Twilio signs what it was given, so it must be the public one."""
         q = "&".join(f"{k}={v}" for k, v in {"s": session.next_step(), **query}.items())
-        return twilio_service(self.gateway).webhook_url(f"/twilio/voice/{action}/{session.id}?{q}")
+        return twilio_service(self.services).webhook_url(f"/twilio/voice/{action}/{session.id}?{q}")
 
     @staticmethod
     def _xml(text: str) -> Response:
@@ -163,7 +163,7 @@ class VoiceFlow:
         if isinstance(params, Response):
             return params
         action, call_id = request.path_params["action"], request.path_params["call_id"]
-        state = voice_state(self.gateway)
+        state = voice_state(self.services)
         session = state.sessions.get(call_id)
         if action == "status":
             if session is not None:
@@ -175,8 +175,8 @@ class VoiceFlow:
         profile = self._profile(session.profile) or self._first_profile()
         if profile is None:
             return self._xml(self._goodbye(None, "error"))
-        speaker = Speaker(profile.voice, self.gateway.users.get(session.username or ""),
-                          self.gateway.config.gateway.name)
+        speaker = Speaker(profile.voice, self.services.users.get(session.username or ""),
+                          self.services.config.gateway.name)
         if action == "fallback":
             log.warning("call %s (%s) reached its FallbackUrl: Twilio error %s at %s", session.id, session.call_sid,
                         params.get("ErrorCode"), params.get("ErrorUrl"))
@@ -213,7 +213,7 @@ class VoiceFlow:
         params = await self._verified_form(request)
         if isinstance(params, Response):
             return params
-        session = voice_state(self.gateway).by_sid.get(params.get("CallSid", ""))
+        session = voice_state(self.services).by_sid.get(params.get("CallSid", ""))
         if session is not None:
             await self._status(session, params)
         return Response(status_code=204)
@@ -223,31 +223,31 @@ class VoiceFlow:
         params = await self._verified_form(request)
         if isinstance(params, Response):
             return params
-        state = voice_state(self.gateway)
+        state = voice_state(self.services)
         sid, their, our = params.get("CallSid", ""), params.get("From", ""), params.get("To", "")
         existing = state.by_sid.get(sid)
         if existing is not None and existing.answers:
             return self._xml(next(iter(existing.answers.values())))  # a repeated request
         profile = self._first_profile()
-        user = next((u for u in self.gateway.users.values() if their in u.contacts.get("phone", [])
+        user = next((u for u in self.services.users.values() if their in u.contacts.get("phone", [])
                      or their in u.contacts.get("sms", [])), None)
         if profile is None or user is None:
-            self.gateway.audit.record("VoiceUnknownCaller", contact=their, channel="voice", details={"callSid": sid})
+            self.services.audit.record("VoiceUnknownCaller", contact=their, channel="voice", details={"callSid": sid})
             return self._xml(self._goodbye(None, "unknown_caller"))
-        events = self.gateway.alarms.query_status(state="unacked")[:INCOMING_ALARMS]
+        events = self.services.alarms.query_status(state="unacked")[:INCOMING_ALARMS]
         session = CallSession(id=new_id(), profile=profile.name, username=user.username,
                               event_ids=[e.id for e in events], their_number=their, our_number=our,
                               direction="in", call_sid=sid, message="(incoming call)", status="in-progress")
         state.sessions[session.id] = session
         state.by_sid[sid] = session
-        service = twilio_service(self.gateway)
+        service = twilio_service(self.services)
         account = service.owner_of(our)
         state.record(session, account=account.name if account else None, pool=None, status="in-progress")
-        speaker = Speaker(profile.voice, user, self.gateway.config.gateway.name)
+        speaker = Speaker(profile.voice, user, self.services.config.gateway.name)
         xml = await self._apply_script(profile, session, "incoming", params,
                                        await self._start(profile, speaker, session, params, incoming=True))
         session.answers["incoming"] = xml
-        await self.gateway.store.commit(timeout=self.gateway.store.read_timeout)
+        await self.services.store.commit(timeout=self.services.store.read_timeout)
         return self._xml(xml)
 
     # --- answers --------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class VoiceFlow:
             return self._goodbye(speaker, "error")  # no way round the PIN, whatever URL is called
         xml = await step(profile, speaker, session, params)
         xml = await self._apply_script(profile, session, action, params, xml)
-        await self.gateway.store.commit()  # what the caller is told (acknowledged) is stored first
+        await self.services.store.commit()  # what the caller is told (acknowledged) is stored first
         return xml
 
     async def _gone(self, profile: TwilioVoiceProfile, speaker: Speaker, session: CallSession,
@@ -271,7 +271,7 @@ class VoiceFlow:
         return self._goodbye(speaker, "error")  # a "wait" whose work is lost (restart): end politely
 
     def _events(self, session: CallSession) -> list[AlarmEvent]:
-        return [e for i in session.event_ids if (e := self.gateway.events.get(i)) is not None]
+        return [e for i in session.event_ids if (e := self.services.events.get(i)) is not None]
 
     def _open(self, session: CallSession) -> list[AlarmEvent]:
         return [e for e in self._events(session) if not e.acknowledged]
@@ -279,7 +279,7 @@ class VoiceFlow:
     async def _start(self, profile: TwilioVoiceProfile, speaker: Speaker, session: CallSession,
                      params: dict[str, str], incoming: bool = False) -> str:
         s = profile.voice
-        user = self.gateway.users.get(session.username or "")
+        user = self.services.users.get(session.username or "")
         r = VoiceResponse()
         open_ = self._open(session)
         name = user.display_name if user else (session.username or "")
@@ -323,7 +323,7 @@ class VoiceFlow:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         r.hangup()
-        self.gateway.audit.record("VoiceMachine", user=session.username, channel=session.profile,
+        self.services.audit.record("VoiceMachine", user=session.username, channel=session.profile,
                                   contact=session.their_number, event_ids=list(session.event_ids),
                                   notification_id=session.notification_id,
                                   text="left a message" if session.left_message else "hung up on the machine")
@@ -350,18 +350,18 @@ class VoiceFlow:
     def _in_pin_session(self, profile: TwilioVoiceProfile, username: str) -> bool:
         if profile.voice.pin_session <= 0:
             return False
-        return pin_sessions(self.gateway).active(username)
+        return pin_sessions(self.services).active(username)
 
     def _open_pin_session(self, profile: TwilioVoiceProfile, username: str) -> None:
         if profile.voice.pin_session <= 0:
             return
-        pin_sessions(self.gateway).open(username, profile.voice.pin_session)
+        pin_sessions(self.services).open(username, profile.voice.pin_session)
 
     async def _pin(self, profile: TwilioVoiceProfile, speaker: Speaker, session: CallSession,
                    params: dict[str, str]) -> str:
         s = profile.voice
         r = VoiceResponse()
-        user = self.gateway.users.get(session.username or "")
+        user = self.services.users.get(session.username or "")
         digits = params.get("Digits", "")
         if session.authenticated:
             self._read_alarm(r, profile, speaker, session)
@@ -374,7 +374,7 @@ class VoiceFlow:
             return to_xml(r)
         session.no_input = 0
         session.pin_tries += 1
-        result = self.gateway.pins.check(
+        result = self.services.pins.check(
             user, digits, channel=session.profile, contact=session.their_number,
             policy=PinPolicy(s.pin_failures, timedelta(seconds=s.pin_lockout)), event_ids=list(session.event_ids),
             notification_id=session.notification_id, via="voice")
@@ -491,7 +491,7 @@ class VoiceFlow:
             elif outcome == "note":
                 speaker.say(r, "needs_note")
             else:
-                e = self.gateway.events.get(event_id)
+                e = self.services.events.get(event_id)
                 speaker.say(r, "already", user=(e.ack_user if e else None) or "someone")
 
     async def _acknowledge(self, session: CallSession, events: list[AlarmEvent]) -> dict[str, str]:
@@ -505,7 +505,7 @@ class VoiceFlow:
                 results[e.id] = "note"  # a keypad cannot give a note
                 continue
             try:
-                await self.gateway.alarms.acknowledge([e.id], session.username or "voice", "acknowledged by voice",
+                await self.services.alarms.acknowledge([e.id], session.username or "voice", "acknowledged by voice",
                                                via="voice")
                 results[e.id] = "ok"
             except (Conflict, Invalid, NotFound):
@@ -527,12 +527,12 @@ class VoiceFlow:
         try:
             from annunciator.scripting.runner import scripting_system
 
-            extra["system"] = scripting_system(self.gateway)
+            extra["system"] = scripting_system(self.services)
         except Exception:  # pragma: no cover - scripting disabled: the script still runs without system
             pass
-        out, why = await script.apply(self.gateway, action, params, alarm, xml, extra)
+        out, why = await script.apply(self.services, action, params, alarm, xml, extra)
         if why is not None:
-            voice_state(self.gateway).script_errors += 1
+            voice_state(self.services).script_errors += 1
         return out
 
     def _script(self, profile: TwilioVoiceProfile) -> CallScript | None:
@@ -541,7 +541,7 @@ class VoiceFlow:
             return None
         script = self._scripts.get(profile.name)
         if script is None:
-            cfg = self.gateway.config
+            cfg = self.services.config
             path = cfg.resolve(cfg.gateway.scripts_dir) / name
             script = self._scripts[profile.name] = CallScript(path, profile.voice.script_timeout)
         return script
@@ -550,13 +550,13 @@ class VoiceFlow:
 
     def _set_status(self, session: CallSession, status: str) -> None:
         if session.status != status:
-            voice_state(self.gateway).update_status(session, status)
+            voice_state(self.services).update_status(session, status)
 
     async def _status(self, session: CallSession, params: dict[str, str]) -> None:
         status = (params.get("CallStatus") or "").lower()
         if not status or (status == session.status and status not in FINAL):
             return
-        state = voice_state(self.gateway)
+        state = voice_state(self.services)
         code = params.get("ErrorCode") or None
         error = f"Twilio error {code}" if code else None
         if status in FINAL:
@@ -577,7 +577,7 @@ class VoiceFlow:
             state.update_status(session, status)
         if session.direction == "out":
             await self._report(session, status, error)
-        await self.gateway.store.commit(timeout=self.gateway.store.read_timeout)
+        await self.services.store.commit(timeout=self.services.store.read_timeout)
 
     async def _report(self, session: CallSession, status: str, error: str | None) -> None:
         """Tell the delivery layer (fallback on busy/no-answer/failed/canceled)."""
@@ -589,7 +589,7 @@ class VoiceFlow:
         # the dispatcher stores the CallSid on the notification just after the API answered;
         # a callback (busy) can come first, so give that row a moment to be written
         for _ in range(40):
-            if await self.gateway.delivery.delivery_status(session.call_sid, status, error):
+            if await self.services.delivery.delivery_status(session.call_sid, status, error):
                 return
             await asyncio.sleep(0.05)
         log.warning("call %s: no notification with CallSid %s for status %s", session.id, session.call_sid, status)

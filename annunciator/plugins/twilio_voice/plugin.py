@@ -17,7 +17,7 @@ from .profile import TwilioVoiceProfile
 from .state import voice_state
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 
 @hookimpl
@@ -25,12 +25,12 @@ def annunciator_profile_types() -> list[type[TwilioVoiceProfile]]:
     return [TwilioVoiceProfile]
 
 
-def stats_routes(gateway: Gateway) -> list[Route]:
+def stats_routes(services: Services) -> list[Route]:
     """``GET /api/voice/stats``: calls and minutes, sent and received, per person and in total."""
 
     async def stats(request: Request) -> JSONResponse:
-        state = voice_state(gateway)
-        stats = twilio_stats(gateway)
+        state = voice_state(services)
+        stats = twilio_stats(services)
         await stats.load()
 
         def calls(s: Any) -> dict[str, int]:
@@ -47,8 +47,8 @@ def stats_routes(gateway: Gateway) -> list[Route]:
 
 
 @hookimpl
-def annunciator_routes(gateway: Any) -> list[Any]:
-    return VoiceFlow(gateway).routes() + stats_routes(gateway)
+def annunciator_routes(services: Any) -> list[Any]:
+    return VoiceFlow(services).routes() + stats_routes(services)
 
 
 @hookimpl

@@ -16,7 +16,7 @@ from annunciator.core.config import Duration, StrictModel
 from annunciator.core.notifications import Notification
 from annunciator.core.profiles import DeliveryResult, NotificationProfile
 from annunciator.plugins.twilio.http import retry_after
-from annunciator.plugins.twilio.service import twilio_service
+from annunciator.plugins.twilio.service import TwilioService, twilio_service
 
 from .state import CallSession, voice_state
 
@@ -43,7 +43,7 @@ class VoiceSettings(StrictModel):
     voice: str | None = None  # Twilio <Say voice>, e.g. Polly.Joanna; Twilio's default when omitted
     languages: dict[str, LanguageSettings] = {}  # by user language ("de-DE"): voice, language, prompts
     prompts: dict[str, str] = {}  # replace the built-in English prompts (see docs/voice.md)
-    script: str | None = None  # a call script in gateway.scripts_dir (see docs/voice.md)
+    script: str | None = None  # a call script in services.scripts_dir (see docs/voice.md)
     script_timeout: Duration = 3.0  # a script slower than this is ignored for that answer
     pin_required: bool = True
     pin_failures: int = Field(3, ge=1, le=100)  # wrong PINs (per person, across calls) before a lockout
@@ -72,18 +72,18 @@ class TwilioVoiceProfile(NotificationProfile):
         return self.settings  # type: ignore[return-value]
 
     async def start(self) -> None:
-        await twilio_service(self.gateway).start()
+        await twilio_service(self.services).start()
 
     async def stop(self) -> None:
-        service = self.gateway.extensions.get("twilio")
+        service = self.services.state.get(TwilioService)
         if service is not None and service.accounts:
             await service.stop()
 
     async def send(self, notification: Notification) -> DeliveryResult:
         """Place one call to the notification's phone number; the flow answers when it is picked up."""
         s = self.voice
-        service = twilio_service(self.gateway)
-        state = voice_state(self.gateway)
+        service = twilio_service(self.services)
+        state = voice_state(self.services)
         account = service.account(s.account)
         open_events = [e for e in notification.events if not e.acknowledged]
         if not open_events:
@@ -137,7 +137,7 @@ class TwilioVoiceProfile(NotificationProfile):
         """Free the call's slot on its number (once)."""
         if not session.released:
             session.released = True
-            await voice_state(self.gateway).slots.release(session.our_number)
+            await voice_state(self.services).slots.release(session.our_number)
 
     def _failure(self, exc: TwilioRestException) -> DeliveryResult:
         code, status = exc.code, exc.status

@@ -21,7 +21,7 @@ from annunciator.scripting.runner import Script, record_error
 from .twiml import InvalidTwiml, parse_and_validate
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 log = logging.getLogger("annunciator.scripts.voice")
 ENTRY = "handle"
@@ -89,7 +89,7 @@ class CallScript:
             sys.setprofile(None)
         return result, returned[0]
 
-    async def apply(self, gateway: Gateway, action: str, params: dict[str, str], alarm: dict[str, Any] | None,
+    async def apply(self, services: Services, action: str, params: dict[str, str], alarm: dict[str, Any] | None,
                     response: str, extra: dict[str, Any]) -> tuple[str, str | None]:
         """The TwiML to serve and, when the script's answer was refused, why (already logged)."""
         try:
@@ -114,5 +114,5 @@ class CallScript:
                            "using the default TwiML")
                 else:
                     return result.decode() if isinstance(result, bytes) else result, None
-        record_error(gateway, f"call script {self.path.name}", why, str(self.path))  # why names the line
+        record_error(services, f"call script {self.path.name}", why, str(self.path))  # why names the line
         return response, why

@@ -20,7 +20,7 @@ from annunciator.core.alarms import utcnow
 from annunciator.plugins.twilio.stats import twilio_stats
 
 if TYPE_CHECKING:
-    from annunciator.core.gateway import Gateway
+    from annunciator.core.services import Services
 
 CALL_COMPLETED = "CallCompleted"
 FINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
@@ -88,8 +88,8 @@ class CallSlots:
 
 
 class VoiceState:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, services: Services):
+        self.services = services
         self.sessions: dict[str, CallSession] = {}
         self.by_sid: dict[str, CallSession] = {}
         self.slots = CallSlots()
@@ -100,18 +100,18 @@ class VoiceState:
     def record(self, session: CallSession, *, account: str | None, pool: str | None, status: str) -> None:
         """Store the call record and count the call (sent or received)."""
         now = utcnow()
-        self.gateway.store.insert(schema.messages, {
+        self.services.store.insert(schema.messages, {
             "id": session.id, "channel": "voice", "direction": session.direction, "provider_id": session.call_sid,
             "account": account, "pool": pool, "our_number": session.our_number,
             "their_number": session.their_number, "username": session.username,
             "body": session.message or "(call)", "status": status, "error": None,
             "event_ids": list(session.event_ids), "notification_id": session.notification_id,
             "created": now, "updated": now, "read": True, "deleted": False})
-        twilio_stats(self.gateway).count("voice", session.direction, session.username)
+        twilio_stats(self.services).count("voice", session.direction, session.username)
 
     def update_status(self, session: CallSession, status: str, error: str | None = None) -> None:
         session.status = status
-        self.gateway.store.update(schema.messages, session.id, {"status": status, "error": error,
+        self.services.store.update(schema.messages, session.id, {"status": status, "error": error,
                                                                 "updated": utcnow()})
 
     def completed(self, session: CallSession, seconds: int) -> int:
@@ -120,9 +120,9 @@ class VoiceState:
             return 0
         session.counted = True
         minutes = math.ceil(max(seconds, 0) / 60)
-        self.gateway.store.update(schema.messages, session.id, {"duration": seconds, "updated": utcnow()})
-        twilio_stats(self.gateway).count("voice", session.direction, session.username, seconds=seconds, calls=0)
-        self.gateway.audit.record(CALL_COMPLETED, user=session.username, channel=session.profile,
+        self.services.store.update(schema.messages, session.id, {"duration": seconds, "updated": utcnow()})
+        twilio_stats(self.services).count("voice", session.direction, session.username, seconds=seconds, calls=0)
+        self.services.audit.record(CALL_COMPLETED, user=session.username, channel=session.profile,
                                   contact=session.their_number, text=f"{seconds}s ({minutes} min)",
                                   event_ids=list(session.event_ids), notification_id=session.notification_id,
                                   details={"callSid": session.call_sid, "callId": session.id, "seconds": seconds,
@@ -139,9 +139,6 @@ class VoiceState:
         asyncio.get_running_loop().call_later(after, forget)
 
 
-def voice_state(gateway: Gateway) -> VoiceState:
+def voice_state(services: Services) -> VoiceState:
     """The gateway's one VoiceState (created on first use)."""
-    state = gateway.extensions.get("twilio_voice")
-    if state is None:
-        state = gateway.extensions["twilio_voice"] = VoiceState(gateway)
-    return state
+    return services.state.setdefault(VoiceState, lambda: VoiceState(services))

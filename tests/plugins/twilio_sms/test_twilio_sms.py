@@ -11,6 +11,7 @@ import pytest
 from lxml import etree
 from twilio.request_validator import RequestValidator
 
+from annunciator.plugins.twilio.service import TwilioService
 from annunciator.testing.gateway import RunningGateway
 
 from conftest import raise_alarm, story, wait_until
@@ -222,7 +223,7 @@ def test_without_credentials_the_gateway_texts_through_its_builtin_emulator(gate
     gateway_config["pipelines"] = {"page": {"blocks": [
         {"type": "notification", "roster": "operators", "profile": "sms", "message": "{name}"}]}}
     gw = start_gateway(gateway_config)
-    emulator = gw.gateway.extensions["twilio"].accounts["main"].emulator
+    emulator = gw.gateway.services.state.get(TwilioService).accounts["main"].emulator
     assert emulator is not None
     phone = emulator.phone(MARIA)
     event = raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped")
