@@ -65,7 +65,7 @@ class ScriptBlock(Block):
         return [self.settings.next, self.settings.error]
 
     async def enter(self, ctx: Any) -> Next:
-        gw: Services = ctx.gateway
+        gw: Services = ctx.services
         if self._compiled is None:
             problems = self.check(gw.config)
             if problems:
