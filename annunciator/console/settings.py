@@ -43,7 +43,7 @@ class ConsoleSettings(StrictModel):
     enabled: bool = True
     users: dict[str, ConsoleUser] = {}
     session_lifetime: Duration = 8 * 3600.0
-    # mark the session cookie Secure (HTTPS only); on by default when services.external_url is https
+    # mark the session cookie Secure (HTTPS only); on by default when gateway.external_url is https
     secure_cookies: bool | None = None
     login_limit: LoginLimit = LoginLimit()
     page_size: int = Field(50, ge=5, le=500)

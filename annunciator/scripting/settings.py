@@ -17,7 +17,7 @@ def one_source(script: str | None, code: str | None) -> None:
 
 
 class ScriptSettings(StrictModel):
-    """One script: a file in ``services.scripts_dir`` or inline code."""
+    """One script: a file in ``gateway.scripts_dir`` or inline code."""
 
     name: str | None = None
     script: str | None = None

@@ -61,7 +61,8 @@ class Parts:
         profile = WebhookProfile("hook", WebhookSettings(url=receiver.url, timeout=2.0), None)  # type: ignore[arg-type]
         self.profiles = {"hook": profile}
         self.dispatcher = Dispatcher(store=self.store, profiles=self.profiles, audit=self.audit, retry=RETRY,
-                                     max_concurrent=4, on_status=lambda n, s: self.statuses.append((n.user.username, s)))
+                                     max_concurrent=4,
+                                     on_status=lambda n, s: self.statuses.append((n.user.username, s)))
         self.rosters = rosters
         self.pipelines: dict[str, Any] = {}
         self.events: dict[str, AlarmEvent] = {}
@@ -152,7 +153,8 @@ def test_the_dispatcher_alone_retries_then_gives_up_at_max_age(annunciator_datab
 def test_delivery_alone_plans_queues_and_traces(annunciator_database_url, webhook_receiver):
     async def body(p: Parts) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         event = p.event("plant/boiler")
-        origin = Origin("inst-1", event.id, "page", "notify", lambda a, w: p.traces.line("inst-1", event.id, "notify", a, w))
+        origin = Origin("inst-1", event.id, "page", "notify",
+                        lambda a, w: p.traces.line("inst-1", event.id, "notify", a, w))
         team = p.delivery.on_call(origin, event, "operators")
         queued = p.delivery.send(origin, event, team.users, ["hook"], "{displayPath} {name} is {state}")
         assert queued == 1

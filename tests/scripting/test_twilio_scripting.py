@@ -21,7 +21,7 @@ def run_script(gw: Any, source: str) -> dict[str, Any]:
     from annunciator.scripting.runner import Script
 
     async def system() -> Any:
-        return scripting_system(gw.gateway)
+        return scripting_system(gw.gateway.services)
 
     sysobj = gw.call(system)
     import asyncio

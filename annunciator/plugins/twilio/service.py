@@ -1,7 +1,7 @@
 """Twilio accounts at run time: the official async client per account, the built-in emulator when
 no credentials are configured, webhook URLs and signatures, and per-number send pacing.
 
-One ``TwilioService`` per services, shared by the SMS and voice plugins (``twilio_service(gw)``).
+One ``TwilioService`` per gateway, shared by the SMS and voice plugins (``twilio_service(gw)``).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class TwilioService:
                 account.validator = RequestValidator(account.auth_token)
                 self.accounts[name] = account
             if not self.services.config.gateway.external_url and not all(a.emulator for a in self.accounts.values()):
-                log.warning("gateway.external_url is not set: Twilio cannot reach this services, so delivery "
+                log.warning("gateway.external_url is not set: Twilio cannot reach this gateway, so delivery "
                             "reports, SMS replies and voice calls will not work")
             self._started = True
 

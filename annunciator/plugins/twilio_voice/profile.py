@@ -43,7 +43,7 @@ class VoiceSettings(StrictModel):
     voice: str | None = None  # Twilio <Say voice>, e.g. Polly.Joanna; Twilio's default when omitted
     languages: dict[str, LanguageSettings] = {}  # by user language ("de-DE"): voice, language, prompts
     prompts: dict[str, str] = {}  # replace the built-in English prompts (see docs/voice.md)
-    script: str | None = None  # a call script in services.scripts_dir (see docs/voice.md)
+    script: str | None = None  # a call script in gateway.scripts_dir (see docs/voice.md)
     script_timeout: Duration = 3.0  # a script slower than this is ignored for that answer
     pin_required: bool = True
     pin_failures: int = Field(3, ge=1, le=100)  # wrong PINs (per person, across calls) before a lockout

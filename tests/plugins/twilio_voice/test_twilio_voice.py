@@ -16,6 +16,7 @@ from lxml import etree
 from twilio.request_validator import RequestValidator
 
 from annunciator.core.alarms import AlarmEvent, Priority
+from annunciator.core.services import PluginState
 from annunciator.plugins.twilio_voice.flow import Speaker, VoiceFlow
 from annunciator.plugins.twilio_voice.profile import VoiceSettings
 from annunciator.plugins.twilio_voice.state import CallSession
@@ -378,7 +379,7 @@ def test_invalid_call_script_falls_back_with_a_logged_error(voice_gateway, twili
 
 def _flow_for(event: AlarmEvent) -> tuple[VoiceFlow, Any]:
     gateway = SimpleNamespace(
-        events={event.id: event}, extensions={}, profiles={}, users={},
+        events={event.id: event}, state=PluginState(), profiles={}, users={},
         config=SimpleNamespace(gateway=SimpleNamespace(external_url="https://alarms.example.com", name="annunciator"),
                                sections={}))
     return VoiceFlow(gateway), gateway  # type: ignore[arg-type]
