@@ -399,6 +399,51 @@ def user_unlock(api: Api, username: str) -> None:
     click.echo(f"{username} unlocked")
 
 
+@main.group()
+def sms() -> None:
+    """SMS on a running gateway: who has opted out, and clearing an opt-out."""
+
+
+@sms.group("opt-outs", invoke_without_command=True)
+@click.pass_context
+def sms_opt_outs(ctx: click.Context) -> None:
+    """Numbers that sent STOP (to a pool's number) or STOPALL; `list` is the default."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(sms_opt_outs_list)
+
+
+@sms_opt_outs.command("list")
+@click.option("--number", help="only this number")
+@click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
+@_api_options
+def sms_opt_outs_list(api: Api, number: str | None = None, as_json: bool = False) -> None:
+    """Every active opt-out: number, scope (account/pool, or * for STOPALL), source, since."""
+    items = api.call("GET", "/api/sms/opt-outs", params={"number": number} if number else None)["optOuts"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no opt-outs")
+    for o in items:
+        scope = "all senders (STOPALL)" if o["all"] else f"pool {o['pool']} of {o['account']}" if o["pool"] \
+            else f"numbers of {o['account']} in no pool"
+        click.echo(f"{o['number']:<16} {scope:<36} {o['source'] or '':<9} since {o['since']}")
+
+
+@sms_opt_outs.command("clear")
+@click.argument("number")
+@click.option("--scope", help="only this scope (as `list` prints it: account/pool, or *)")
+@click.option("--user", "who", required=True, help="who clears it (written to the audit log)")
+@click.confirmation_option(prompt="The person asked to be texted again?")
+@_api_options
+def sms_opt_outs_clear(api: Api, number: str, scope: str | None, who: str) -> None:
+    """Clear NUMBER's opt-out (audited as OptOutCleared): texts reach it again."""
+    params = {"user": who, **({"scope": scope} if scope else {})}
+    out = api.call("DELETE", f"/api/sms/opt-outs/{number}", params=params)
+    for o in out["cleared"]:
+        click.echo(f"cleared {o['number']} ({o['scope']})")
+
+
 # --- on call ---------------------------------------------------------------------------------
 
 def _local_zone(tz: str | None) -> Any:

@@ -116,6 +116,23 @@ class RetrySettings(StrictModel):
     max_age: Duration = 3600.0
 
 
+class PinSettings(StrictModel):
+    """PINs, the same on every channel that takes one (SMS, voice, email replies).
+
+    ``failures`` wrong PINs within ``lockout`` lock the person out for ``lockout``: one counter
+    and one policy, whichever channel the wrong PINs came through. With ``expire_after``, a PIN
+    set from now on expires that long after it was set; an expired PIN is refused (and audited as
+    PinExpired) until an administrator sets a new one (``annunciator user pin``)."""
+
+    failures: int = Field(5, ge=1, le=100)
+    lockout: Duration = 900.0
+    expire_after: Duration | None = None
+    # an SMS reminder this long before a PIN expires (through the person's SMS profile); None: none
+    remind_before: Duration | None = None
+    # whom an expired PIN's answer tells the person to ask
+    contact: str = "your administrator"
+
+
 class ProfileAlarmSettings(StrictModel):
     """The gateway's own alarm when a profile keeps failing (source ``annunciator/profiles/NAME``).
 
@@ -149,6 +166,7 @@ class GatewaySettings(StrictModel):
     external_url: str | None = None
     retry: RetrySettings = RetrySettings()
     profile_alarms: ProfileAlarmSettings = ProfileAlarmSettings()
+    pins: PinSettings = PinSettings()
     max_concurrent_sends: int = Field(256, ge=1)
     # how long an API call waits for its change to be stored before answering 503
     commit_timeout: Duration = 10.0

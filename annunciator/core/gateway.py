@@ -28,6 +28,7 @@ from .plugins import PluginManager
 from .profile_watch import ProfileWatch
 from .profiles import NotificationProfile
 from .recovery import recover
+from .replies import Replies, pin_policy
 from .roster_resolution import RosterResolver
 from .services import PluginState, Secret, Services
 from .store import Store
@@ -80,12 +81,13 @@ class Gateway:
                              batches=self.delivery.batches, pipelines=self.pipelines,
                              definitions=config.settings.alarms, commit_timeout=g.commit_timeout, events=events,
                              announce=self._alarm_transition, changed=self.refresh_tags_soon)
+        self.replies = Replies(self.pins, self.alarms, pin_policy(g.pins.failures, g.pins.lockout))
         self.history = History(store, self.alarms.events, self.engine.live, self.delivery.batches.held)
         self.services = Services(
             config=config, plugins=plugins, store=store, audit=audit, timers=timers, tags=self.tags,
             traces=traces, alarms=self.alarms, engine=self.engine, delivery=self.delivery,
             dispatcher=self.dispatcher, directory=self.directory, pins=self.pins, oncall=self.oncall,
-            resolve_roster=self.resolve_roster, history=self.history, profiles=self.profiles,
+            resolve_roster=self.resolve_roster, history=self.history, replies=self.replies, profiles=self.profiles,
             secret_holder=self._secret, state=PluginState())
         self.engine.services = self.services  # what Script blocks run with
         types = plugins.profile_types()

@@ -22,6 +22,7 @@ from .notifications import Dispatcher
 from .oncall import OnCall
 from .pin_check import PinCheck
 from .profiles import NotificationProfile
+from .replies import Replies
 from .roster_resolution import RosterResolver
 from .store import Store
 from .tag_provider import TagProvider
@@ -89,6 +90,7 @@ class Services:
     oncall: OnCall
     resolve_roster: RosterResolver
     history: History
+    replies: Replies
     profiles: Mapping[str, NotificationProfile]
     secret_holder: Secret
     state: PluginState = field(default_factory=PluginState)

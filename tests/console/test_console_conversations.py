@@ -76,7 +76,8 @@ def test_inbound_is_unread_until_opened_and_a_reply_reaches_the_phone(gw, twilio
     r = otto.post(f"/console/conversations/ops/{MARIA}/send", data={"text": "On my way <now>", "csrf": token})
     assert r.status_code == 303, r.text
     sms = phone.expect_sms(contains="On my way <now>", from_=OPS_NUMBER)
-    assert "STOP" not in sms.body  # no alarm footer on a conversation
+    # the pool's first message to this number, so it says how to opt out, like any other sender
+    assert sms.body.endswith("STOP to opt out of this number, STOPALL to opt out of all")
     thread = otto.get(f"/console/conversations/ops/{MARIA}/messages", headers=FRAGMENT).text
     assert "On my way &lt;now&gt;" in thread and "<html" not in thread
     [sent] = audit(gw, "ConsoleSMSSent")

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from annunciator.core import schema, units
-from annunciator.core.errors import Conflict, Invalid, NotFound
 from annunciator.core.users import PinResult, User, mask_pins
 
 from .profile import tls_context
@@ -206,8 +205,8 @@ class ImapPoller:
         if not mine:
             return self._outcome("EmailReplyIgnored", base, "names no alarm that was emailed to this person")
         if self.settings.require_pin:
-            result = gw.pins.check(user, pin or "", channel=base["channel"], contact=sender, event_ids=mine,
-                                   via="email")
+            result = gw.replies.check_pin(user, pin or "", channel=base["channel"], contact=sender,
+                                          event_ids=mine, via="email").result
             if result != PinResult.OK:
                 why = {PinResult.LOCKED: "locked out after wrong PINs", PinResult.NO_PIN: "no PIN is set",
                        PinResult.WRONG: "wrong or missing PIN"}.get(result, result)
@@ -218,18 +217,20 @@ class ImapPoller:
 
     async def _ack(self, user: User, event_ids: list[str], note: str, base: dict[str, Any]) -> str:
         gw = self.services
-        todo = [i for i in event_ids if (e := gw.events.get(i)) is not None and not e.acknowledged]
-        if not todo:
+        events = [e for i in event_ids if (e := gw.events.get(i)) is not None]
+        outcome = await gw.replies.acknowledge(user, events, note, via="email",
+                                               default_note="acknowledged by email reply")
+        todo = [e.id for e in events if not e.acknowledged or e in outcome.acknowledged]
+        if outcome.needs_note:
+            return self._outcome("EmailReplyIgnored", base, "notes are required: reply ACK PIN your notes",
+                                 [e.id for e in outcome.needs_note])
+        if outcome.error:
+            return self._outcome("EmailReplyIgnored", base, f"not acknowledged: {outcome.error}", todo)
+        if not outcome.acknowledged:
             return self._outcome("EmailReplyIgnored", base, "every alarm of the thread is already acknowledged",
                                  event_ids)
-        if any(gw.events[i].ack_notes_required for i in todo) and not note:
-            return self._outcome("EmailReplyIgnored", base, "notes are required: reply ACK PIN your notes", todo)
-        try:
-            await gw.alarms.acknowledge(todo, user.username, note or "acknowledged by email reply", via="email")
-        except (Conflict, Invalid, NotFound) as exc:
-            return self._outcome("EmailReplyIgnored", base, f"not acknowledged: {exc}", todo)
         await gw.store.commit()
-        return f"acknowledged {len(todo)}"
+        return f"acknowledged {len(outcome.acknowledged)}"
 
     def _outcome(self, code: str, base: dict[str, Any], text: str, event_ids: list[str] | None = None) -> str:
         self.services.audit.record(code, text=text, event_ids=event_ids, **base)

@@ -39,6 +39,11 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
         if pool is not None and (acct is None or pool not in acct.pools):
             problems.append((f"profiles.{name}.pool", f"unknown sender pool {pool!r}; defined: "
                              f"{', '.join(acct.pools) if acct else '(none)'}"))
+    for name, settings in profiles.items():
+        for key in ("pin_failures", "pin_lockout"):
+            if getattr(settings, key, None) is not None:
+                config.notices.append((f"profiles.{name}.{key}", "replaced by gateway.pins (one lockout policy for "
+                                       "SMS, voice and email replies); ignored"))
     real = [a for a in twilio.accounts.values() if not a.emulated]
     if profiles and real and not config.gateway.external_url:
         config.notices.append(("gateway.external_url", "not set: Twilio cannot call this gateway back, so "

@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -70,17 +71,27 @@ class TwilioAccount:
             return list(self.numbers)
         return list(self.settings.pools.get(name, []))
 
-    def pick(self, pool: str | None, sticky: str | None = None) -> str:
+    def pick(self, pool: str | None, sticky: str | None = None,
+             allowed: Callable[[str], bool] | None = None) -> str | None:
         """A sender from the pool: the one this contact last heard from (so replies come back to the
-        same conversation), else the next in turn."""
+        same conversation), else the next in turn; only numbers ``allowed`` (the recipient has not
+        opted out of them). None when the pool has numbers but none is allowed."""
         numbers = self.pool(pool)
         if not numbers:
             raise LookupError(f"Twilio account {self.name} has no sender numbers"
                               + (f" in pool {pool}" if pool else ""))
+        if allowed is not None:
+            numbers = [n for n in numbers if allowed(n)]
+            if not numbers:
+                return None
         if sticky in numbers:
             return sticky
         self._rr += 1
         return numbers[self._rr % len(numbers)]
+
+    def pools_of(self, number: str) -> list[str]:
+        """The pools a number belongs to (a number may serve several)."""
+        return [p for p, nums in self.settings.pools.items() if number in nums]
 
     async def pace(self, number: str) -> None:
         """Wait for the number's next send slot (``rate_limit`` per second); never drops a message."""

@@ -10,6 +10,9 @@ from annunciator.core.config import Duration, StrictModel, normalize_phone
 
 PhoneNumber = Annotated[str, AfterValidator(normalize_phone)]
 TWILIO_API = "https://api.twilio.com"
+# on the first message from a sender pool to a number, whatever sends it (carriers require that
+# people are told how to stop the texts)
+DEFAULT_FOOTER = "Reply HELP for help, STOP to opt out of this number, STOPALL to opt out of all"
 
 
 class TwilioAccountSettings(StrictModel):
@@ -27,6 +30,9 @@ class TwilioAccountSettings(StrictModel):
     # messages per second per sender number (a US long code is 1/s); 0: no limit of ours
     rate_limit: float = Field(1.0, ge=0)
     timeout: Duration = 10.0
+    # appended to the first message from a pool (or from a number outside any pool) to a number;
+    # a profile's own ``footer`` replaces it for its alarms; "" sends none
+    footer: str = DEFAULT_FOOTER
     # None: the emulator exactly when there is no account_sid; false: an empty account_sid (an
     # unset environment variable) is a config error instead, for production configs
     emulator: bool | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -22,8 +21,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from annunciator.core import schema
 from annunciator.core.alarms import AlarmEvent
 from annunciator.core.audit import Code
-from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.pin_check import PinPolicy
+from annunciator.core.errors import Invalid, NotFound
 from annunciator.core.users import PinResult, User, mask_pins, pin_matches
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.webhooks import verified_form
@@ -39,7 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HELP_TEXT = ("Reply with your PIN to acknowledge the last alarm; ACK 12 PIN for alarm #12; ACK ALL PIN; "
-             "STATUS; STOP to opt out.")
+             "STATUS. STOP to opt out of this number, STOPALL of all, START to opt back in.")
+# for a number that is not a registered user's (sendMessage reaches anyone): what the texts are
+# and how to stop them, as carriers require
+GENERIC_HELP = ("Alarm notifications from {name}. Reply STOP to opt out of this number, STOPALL to opt out "
+                "of all, START to opt back in.")
 HELP_SHELVE = " TEST source minutes / UNTEST source to put a source on test."
 UNKNOWN_SENDER = "This number is not registered with the alarm system."
 
@@ -118,13 +120,19 @@ class InboundSms:
         kept = mask_pins(body)
         state.record("in", our=our, their=their, body=kept, sid=sid, username=user.username if user else None,
                      status="received", account=account.name if account else None, pool=pool)
-        # a reply is logged against the alarms the conversation's latest message was about
-        # (an alarm notification, or an SMS dispatched from an alarm in the console)
-        gw.audit.record(Code.SMS_REPLY, user=user.username if user else None,
-                        channel=profile.name if profile else "sms", contact=their, text=kept[:1600],
-                        details={"messageSid": sid, "to": our}, event_ids=await self._about(their, our))
-        text = await Conversation(gw, state, profile, user, their, our, pool_key(account.name if account else None,
-                                                                                 pool)).answer(reply)
+        conversation = Conversation(gw, state, profile, user, their, our,
+                                    pool_key(account.name if account else None, pool))
+        if conversation.keyword(reply) is None:  # a keyword is logged once, under its own code
+            # a reply is logged against the alarms the conversation's latest message was about
+            # (an alarm notification, or an SMS dispatched from an alarm in the console)
+            gw.audit.record(Code.SMS_REPLY, user=user.username if user else None,
+                            channel=profile.name if profile else "sms", contact=their, text=kept[:1600],
+                            details={"messageSid": sid, "to": our}, event_ids=await self._about(their, our))
+        text = await conversation.answer(reply)
+        if text and reply.kind not in ("help", "start") and state.opted_out(their, conversation.scope):
+            # Twilio refuses any message to an opted-out number (error 21610) but these two
+            log.info("not answering %s: opted out of %s", their, conversation.scope)
+            text = None
         if text:
             state.record("out", our=our, their=their, body=text, username=user.username if user else None,
                          status="twiml", account=account.name if account else None, pool=pool)
@@ -207,6 +215,9 @@ class Conversation:
             self.state.opt_in_everywhere(self.their)
             self.gw.audit.record("OptIn", user=self._name, contact=self.their, text=reply.text)
             return None
+        if reply.kind == "help" and self.user is None:
+            # HELP from anyone gets what the texts are and how to stop them (never bounded)
+            return GENERIC_HELP.format(name=self.gw.config.gateway.name)
         if self.user is None:
             self.gw.audit.record("SMSUnknownSender", contact=self.their, text=reply.text)
             if self.settings is None or self.settings.unknown_senders == "ignore":
@@ -216,12 +227,14 @@ class Conversation:
             self.state.error_replies[self.their] += 1
             return UNKNOWN_SENDER
         if reply.kind == "help":
-            return self._bounded(HELP_TEXT + (HELP_SHELVE if self._may_shelve else ""))
+            # never silenced by the error-reply limit: a person asking for help must get it
+            return HELP_TEXT + (HELP_SHELVE if self._may_shelve else "")
         if reply.kind == "pin":
-            return await self._with_pin(reply.pin, lambda: self._ack(self._latest_events(), reply.note))
+            latest = self._latest_events()
+            return await self._with_pin(reply.pin, lambda: self._ack(latest, reply.note), events=latest)
         if reply.kind == "ack":
             events = self._events_for(reply)
-            return await self._with_pin(reply.pin, lambda: self._ack(events, reply.note), reply)
+            return await self._with_pin(reply.pin, lambda: self._ack(events, reply.note), reply, events)
         if reply.kind == "status":
             return await self._with_pin(reply.pin, self._status, reply)
         if reply.kind in ("test", "untest"):
@@ -239,25 +252,27 @@ class Conversation:
         us = self.gw.config.settings.users.get(self._name or "")
         return us is not None and "shelve" in us.permissions
 
-    async def _with_pin(self, pin: str | None, action: Any, reply: Reply | None = None) -> str | None:
+    async def _with_pin(self, pin: str | None, action: Any, reply: Reply | None = None,
+                        events: list[AlarmEvent] | str | None = None) -> str | None:
+        """Run ``action`` once the PIN (or an open PIN session) says who this is; ``events`` are
+        the alarms the reply is about, for the audit entry of the PIN."""
         assert self.user is not None
         if pin is None:
             if self.state.in_session(self.user.username):
                 return self._valid(await action())
             return self._bounded("Send your PIN with it, e.g. " + (
                 f"{reply.text.strip().split()[0].upper()} ... PIN" if reply else "1234") + ".")
-        s = self.settings
-        policy = PinPolicy(s.pin_failures, timedelta(seconds=s.pin_lockout)) if s else None
-        result = self.gw.pins.check(self.user, pin, channel=self.profile.name if self.profile else "sms",
-                                    contact=self.their, policy=policy)
-        if result == PinResult.OK:
-            if s is not None:
-                self.state.open_session(self.user.username, s.pin_session)
+        event_ids = [e.id for e in events] if isinstance(events, list) else None
+        outcome = self.gw.replies.check_pin(self.user, pin, channel=self.profile.name if self.profile else "sms",
+                                            contact=self.their, event_ids=event_ids)
+        if outcome.ok:
+            if self.settings is not None:
+                self.state.open_session(self.user.username, self.settings.pin_session)
             return self._valid(await action())
-        if result == PinResult.LOCKED:
-            until = f" until {self.user.locked_until:%H:%M} UTC" if self.user.locked_until else ""
+        if outcome.result == PinResult.LOCKED:
+            until = f" until {outcome.locked_until:%H:%M} UTC" if outcome.locked_until else ""
             return self._bounded(f"Too many wrong PINs: locked{until}.")
-        if result == PinResult.NO_PIN:
+        if outcome.result == PinResult.NO_PIN:
             return self._bounded("No PIN is set for you; ask an administrator.")
         return self._bounded("Wrong PIN.")
 
@@ -296,21 +311,17 @@ class Conversation:
             return events
         if not events:
             return "Nothing to acknowledge."
-        done = [e for e in events if e.acknowledged]
-        todo = [e for e in events if not e.acknowledged]
-        needs_note = [e for e in todo if e.ack_notes_required and not note.strip()]
-        if needs_note:
-            codes = " ".join(f"#{e.ack_code}" for e in needs_note)
-            return f"{codes} needs a note: ACK {needs_note[0].ack_code} PIN your note."
+        outcome = await self.gw.replies.acknowledge(self.user, events, note, via="sms",
+                                                    default_note="acknowledged by SMS")
+        if outcome.needs_note:
+            codes = " ".join(f"#{e.ack_code}" for e in outcome.needs_note)
+            return f"{codes} needs a note: ACK {outcome.needs_note[0].ack_code} PIN your note."
+        if outcome.error:
+            return f"Not acknowledged: {outcome.error}"
         parts = []
-        if todo:
-            try:
-                await self.gw.alarms.acknowledge([e.id for e in todo], self.user.username,
-                                                 note or "acknowledged by SMS", via="sms")
-            except (Conflict, Invalid, NotFound) as exc:
-                return f"Not acknowledged: {exc}"
-            parts.append("Acknowledged " + ", ".join(_short(e) for e in todo) + ".")
-        for e in done:
+        if outcome.acknowledged:
+            parts.append("Acknowledged " + ", ".join(_short(e) for e in outcome.acknowledged) + ".")
+        for e in outcome.already:
             when = f" at {e.ack_time:%H:%M} UTC" if e.ack_time else ""
             parts.append(f"#{e.ack_code} already acknowledged by {e.ack_user or 'someone'}{when}.")
         return " ".join(parts)
@@ -341,12 +352,20 @@ class Conversation:
             return str(exc)
         return f"{reply.source} is back in service."
 
-    async def _keyword(self, reply: Reply) -> str | None:
-        """Keywords of the block that sent the person's latest alarm; other text is only logged."""
+    def keyword(self, reply: Reply) -> Any:
+        """The keyword (of the block that sent the person's latest alarm) this reply is, or None."""
+        if reply.kind != "text" or self.user is None:
+            return None
         latest = self.state.latest.get(self._name or "")
         keywords = self._keywords(latest.pipeline, latest.block) if latest else {}
         word = reply.text.strip().split()[0].upper() if reply.text.strip() else ""
-        k = keywords.get(word)
+        return keywords.get(word)
+
+    async def _keyword(self, reply: Reply) -> str | None:
+        """Keywords of the block that sent the person's latest alarm; other text is only logged."""
+        latest = self.state.latest.get(self._name or "")
+        word = reply.text.strip().split()[0].upper() if reply.text.strip() else ""
+        k = self.keyword(reply)
         if k is None:
             # free text is a message for people (the console's conversations), logged as SMSReply;
             # answering it with "not understood" would talk over the operator who reads it

@@ -10,6 +10,7 @@ from annunciator.core.config import Config
 
 from .history import history_routes
 from .inbound import InboundSms
+from .opt_outs import opt_out_routes
 from .profile import TwilioSmsProfile
 from .scripting import TwilioFunctions
 from .text import non_gsm
@@ -29,7 +30,7 @@ def annunciator_scripting_namespaces(services: Any) -> dict[str, Any]:
 
 @hookimpl
 def annunciator_routes(services: Any) -> list[Any]:
-    return InboundSms(services).routes() + history_routes(services)
+    return InboundSms(services).routes() + history_routes(services) + opt_out_routes(services)
 
 
 @hookimpl

@@ -18,17 +18,18 @@ from .state import Latest, sms_state
 
 log = logging.getLogger(__name__)
 
-FOOTER = "Reply HELP for help, STOP to opt out"
 class SmsSettings(StrictModel):
     account: str | None = None  # a twilio.accounts name; the default account when omitted
     pool: str | None = None  # sender pool of that account; every number of the account when omitted
     messaging_service: bool = False  # send through the account's Messaging Service instead
     ack_codes: bool = True  # append "#12" per alarm, so a reply can name it
-    footer: str = FOOTER  # on the first message from a pool to a number
+    # on the first message from a pool to a number; None: the account's (twilio.accounts.NAME.footer)
+    footer: str | None = None
     smart_encoding: bool = True  # typographic quotes and dashes to plain ones: stays GSM-7, 160/segment
     pin_session: Duration = 900.0  # after a correct PIN, act without it for this long
-    pin_failures: int = Field(5, ge=1, le=100)  # wrong PINs before a lockout
-    pin_lockout: Duration = 900.0
+    # replaced by gateway.pins (one lockout policy for SMS, voice and email): accepted, ignored
+    pin_failures: int | None = Field(None, ge=1, le=100)
+    pin_lockout: Duration | None = None
     unknown_senders: Literal["reply-once", "ignore"] = "reply-once"
     max_error_replies: int = Field(5, ge=0, le=100)  # help/error replies to a number until it does something valid
     status_limit: int = Field(5, ge=1, le=50)  # alarms listed by STATUS

@@ -5,6 +5,7 @@ The grammar is forgiving (any case, extra spaces, ``#`` before codes) and total:
 parses to a :class:`Reply`, so an inbound webhook can never fail on what a phone sent.
 
 * ``1234`` — a bare PIN: acknowledge the alarms of the latest notification sent to this person.
+  ``1234 on my way`` — the same, with the words as the acknowledgement note.
 * ``ACK 12 1234``, ``ACK #12 #13 1234 on my way``, ``ACK ALL 1234`` — acknowledge those alarms;
   words after the codes and PIN are the acknowledgement note. The PIN is the last bare number
   of four or more digits; ``#1234`` is always a code. Within a PIN session the PIN may be left
@@ -60,6 +61,9 @@ def parse_reply(text: str) -> Reply:
             return Reply("status", text=raw)
         if _PIN.fullmatch(words[0]):
             return Reply("pin", pin=words[0], text=raw)
+    if _PIN.fullmatch(words[0]):
+        # "8642 on my way": a PIN reply whose words are the acknowledgement note
+        return Reply("pin", pin=words[0], note=" ".join(words[1:])[:1000], text=raw)
     if head in ("ACK", "ACKNOWLEDGE", "OK"):
         return _ack(words[1:], raw)
     if head == "STATUS":

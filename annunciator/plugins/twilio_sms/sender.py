@@ -16,7 +16,7 @@ from annunciator.plugins.twilio.http import retry_after
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.sms import MAX_BODY_CHARS
 
-from .state import SmsState, pool_key, sms_state
+from .state import ALL_POOLS, SmsState, pool_key, sms_state
 from .text import smart_encode
 
 if TYPE_CHECKING:
@@ -32,18 +32,34 @@ PERMANENT = {21211: "invalid 'To' number", 21614: "not a mobile number", 21612: 
 
 
 async def send_sms(services: Services, to: str, text: str, *, account: str | None = None, pool: str | None = None,
-                   from_: str | None = None, messaging_service: bool = False, footer: str = "",
+                   from_: str | None = None, messaging_service: bool = False, footer: str | None = None,
                    smart: bool = True, username: str | None = None, event_ids: list[str] | None = None,
                    notification_id: str | None = None,
                    sending: Callable[[str], Callable[[], None]] | None = None) -> DeliveryResult:
     """Send ``text`` to ``to``; the result says sent (with the Message SID) or why not, and whether a
     retry could help. ``sending(sender)`` is called just before the request and returns an undo
-    for a failure (the profile notes what a reply will refer to before the phone can answer)."""
+    for a failure (the profile notes what a reply will refer to before the phone can answer).
+
+    Every SMS the gateway sends comes through here (alarms, ``system.twilio.sendMessage``, the
+    console), so here the opt-outs are kept: never from a number the recipient sent STOP to
+    (nor any number of its pool), never after STOPALL; and the first message from a pool to a
+    number carries the footer (``footer``, else the account's) whoever sends it."""
     service = twilio_service(services)
     await service.start()
     state = sms_state(services)
     await state.load()
     acct = service.account(account)
+    if footer is None:
+        footer = acct.settings.footer
+
+    def scopes(number: str) -> list[str]:
+        """The opt-out scopes a sender number speaks for: the pools it is in (or none)."""
+        return [pool_key(acct.name, p) for p in acct.pools_of(number)] or [pool_key(acct.name, None)]
+
+    def allowed(number: str) -> bool:
+        return not any(state.opted_out(to, s) for s in scopes(number))
+
+    # the footer is owed once per pool: the send's own pool, else the sender number's
     scope = pool_key(acct.name, pool)
     # A timed-out request may have created the message all the same (Twilio has no idempotency
     # key for Messages): before sending again, ask Twilio whether it did, so nobody gets it twice.
@@ -71,11 +87,27 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
                          username=username, status=found.status, account=acct.name, pool=pool,
                          event_ids=event_ids, notification_id=notification_id)
             return DeliveryResult.sent(found.sid)
-    if state.opted_out(to, scope):
-        return DeliveryResult.failed(f"{to} has opted out of SMS from this sender (replied STOP)", retryable=False)
+    if state.opted_out(to, ALL_POOLS):
+        return DeliveryResult.failed(f"{to} has opted out of all SMS (replied STOPALL)", retryable=False)
     if from_ is not None and from_ not in acct.numbers:
         return DeliveryResult.failed(f"{from_} is not a number of Twilio account {acct.name}", retryable=False)
-    our = from_ or acct.pick(pool, sticky=state.last_sender.get(to))
+    via_service = bool(messaging_service and acct.settings.messaging_service_sid and from_ is None)
+    # through a Messaging Service Twilio picks the sender among its numbers: any opt-out counts
+    if via_service and any(state.opted_out(to, s) for n in acct.numbers for s in scopes(n)):
+        return DeliveryResult.failed(f"{to} has opted out of SMS from this account's numbers (replied STOP)",
+                                         retryable=False)
+    if from_ is not None:
+        if not allowed(from_):
+            return DeliveryResult.failed(f"{to} has opted out of SMS from {from_} (replied STOP)", retryable=False)
+        our = from_
+    else:
+        picked = acct.pick(pool, sticky=state.last_sender.get(to), allowed=allowed)
+        if picked is None:
+            return DeliveryResult.failed(f"{to} has opted out of SMS from {'pool ' + pool if pool else 'every number'}"
+                                         " (replied STOP)", retryable=False)
+        our = picked
+    if pool is None or our not in acct.pool(pool):
+        scope = scopes(our)[0]
     first = (scope, to) not in state.greeted
     body = text + (f"\n{footer}" if footer and first else "")
     if smart:
@@ -86,7 +118,7 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
         return DeliveryResult.failed(f"the message is {len(body)} characters; Twilio takes at most "
                                      f"{MAX_BODY_CHARS}", retryable=False)
     params: dict[str, Any] = {"to": to, "body": body, "status_callback": service.webhook_url("/twilio/sms/status")}
-    if messaging_service and acct.settings.messaging_service_sid and from_ is None:
+    if via_service:
         params["messaging_service_sid"] = acct.settings.messaging_service_sid
     else:
         params["from_"] = our

@@ -109,6 +109,12 @@ class SmsState:
                                                         "updated": now})
         self.opted[key] = active
 
+    async def opt_out_rows(self) -> list[dict[str, Any]]:
+        """The stored opt-out rows (number, scope, source, when), for listing them."""
+        o = schema.opt_outs
+        return await self.services.store.read(
+            lambda conn: [dict(r._mapping) for r in conn.execute(sa.select(o).where(o.c.active.is_(True)))])
+
     def opt_in_everywhere(self, number: str) -> None:
         for (num, scope), active in list(self.opted.items()):
             if num == number and active:

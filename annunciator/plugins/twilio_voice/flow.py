@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -25,8 +24,6 @@ from starlette.routing import Route
 from twilio.twiml.voice_response import VoiceResponse
 
 from annunciator.core.alarms import AlarmEvent, new_id
-from annunciator.core.errors import Conflict, Invalid, NotFound
-from annunciator.core.pin_check import PinPolicy
 from annunciator.core.users import PinResult, User
 from annunciator.plugins.twilio.pin_sessions import pin_sessions
 from annunciator.plugins.twilio.service import twilio_service
@@ -301,7 +298,7 @@ class VoiceFlow:
         # A call *we* placed reached the number we chose, so a PIN session (or no PIN) may do; an
         # incoming call's caller ID can be forged, so it always takes the PIN
         trusted_line = session.direction == "out"
-        if trusted_line and (not s.pin_required or (user is not None
+        if trusted_line and (not s.pin_required or (user is not None and s.reuse_pin_session
                                                     and self._in_pin_session(profile, user.username))):
             session.authenticated = True
             self._read_alarm(r, profile, speaker, session)
@@ -374,10 +371,10 @@ class VoiceFlow:
             return to_xml(r)
         session.no_input = 0
         session.pin_tries += 1
-        result = self.services.pins.check(
-            user, digits, channel=session.profile, contact=session.their_number,
-            policy=PinPolicy(s.pin_failures, timedelta(seconds=s.pin_lockout)), event_ids=list(session.event_ids),
+        outcome = self.services.replies.check_pin(
+            user, digits, channel=session.profile, contact=session.their_number, event_ids=list(session.event_ids),
             notification_id=session.notification_id, via="voice")
+        result = outcome.result
         if result == PinResult.OK:
             session.authenticated = True
             self._open_pin_session(profile, user.username)
@@ -394,7 +391,7 @@ class VoiceFlow:
             r.hangup()
             return to_xml(r)
         speaker.say(r, "wrong_pin")
-        if session.pin_tries >= s.pin_failures:
+        if session.pin_tries >= s.pin_tries:
             speaker.say(r, "goodbye")  # this call's tries are used up even if the lockout counts differ
             r.hangup()
         else:
@@ -504,12 +501,13 @@ class VoiceFlow:
             if e.ack_notes_required:
                 results[e.id] = "note"  # a keypad cannot give a note
                 continue
-            try:
-                await self.services.alarms.acknowledge([e.id], session.username or "voice", "acknowledged by voice",
-                                               via="voice")
-                results[e.id] = "ok"
-            except (Conflict, Invalid, NotFound):
+            user = self.services.users.get(session.username or "")
+            if user is None:
                 results[e.id] = "already"
+                continue
+            outcome = await self.services.replies.acknowledge(user, [e], "", via="voice",
+                                                              default_note="acknowledged by voice")
+            results[e.id] = "ok" if outcome.acknowledged else "already"
         return results
 
     async def _apply_script(self, profile: TwilioVoiceProfile, session: CallSession, action: str,

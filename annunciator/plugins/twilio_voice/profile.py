@@ -46,9 +46,14 @@ class VoiceSettings(StrictModel):
     script: str | None = None  # a call script in gateway.scripts_dir (see docs/voice.md)
     script_timeout: Duration = 3.0  # a script slower than this is ignored for that answer
     pin_required: bool = True
-    pin_failures: int = Field(3, ge=1, le=100)  # wrong PINs (per person, across calls) before a lockout
-    pin_lockout: Duration = 900.0
-    pin_session: Duration = 900.0  # after a correct PIN (by voice or SMS), calls skip the PIN this long; 0: never
+    pin_tries: int = Field(3, ge=1, le=20)  # wrong PINs in one call before it says goodbye
+    # replaced by gateway.pins (one lockout policy for SMS, voice and email): accepted, ignored
+    pin_failures: int | None = Field(None, ge=1, le=100)
+    pin_lockout: Duration | None = None
+    # whoever answers may not be the person: every call asks for the PIN unless this is true, and
+    # then a call we placed skips it within a PIN session (a correct PIN by SMS or voice)
+    reuse_pin_session: bool = False
+    pin_session: Duration = 900.0  # how long a correct PIN by voice opens a session for
     pin_timeout: int = Field(10, ge=1, le=60)  # seconds to wait for the PIN
     menu_timeout: int = Field(8, ge=1, le=60)  # seconds to wait for a menu choice
     repeat: int = Field(1, ge=1, le=5)  # times each alarm's text is read

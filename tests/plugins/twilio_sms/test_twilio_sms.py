@@ -110,8 +110,9 @@ def test_forged_and_replayed_webhooks_change_nothing(sms_gateway, twilio_emulato
     phone.expect_no_sms(within=0.3)
 
 
-def test_wrong_pins_lock_out_and_are_audited(sms_gateway, twilio_emulator):
-    gw = sms_gateway(sms={"pin_failures": 3, "pin_lockout": "15m"})
+def test_wrong_pins_lock_out_and_are_audited(sms_gateway, twilio_emulator, gateway_config):
+    gateway_config["gateway"]["pins"] = {"failures": 3, "lockout": "15m"}
+    gw = sms_gateway()
     phone = twilio_emulator.phone(MARIA)
     event = raise_alarm(gw, "plant/pump1", "page")
     phone.expect_sms()

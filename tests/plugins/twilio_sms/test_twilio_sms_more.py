@@ -28,7 +28,7 @@ pytestmark = pytest.mark.twilio
 
 MARIA, LI, ANA = "+15550100001", "+15550100002", "+15550100003"
 EXTRA = ("+15005550010", "+15005550011", "+15005550012")
-FOOTER = "Reply HELP for help, STOP to opt out"
+FOOTER = "Reply HELP for help, STOP to opt out of this number, STOPALL to opt out of all"
 _STRICT_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
@@ -453,3 +453,12 @@ def test_ack_notes_required_by_sms(sms_gw, twilio_emulator):
     phone.expect_sms(contains=f"Acknowledged #{event['ackCode']}")
     now = alarm(gw, event["id"])
     assert now["acknowledged"] is True and now["ackNotes"] == "valve 3 closed, on site"
+
+
+@settings(max_examples=200, deadline=None)
+@given(pin=st.from_regex(r"\A[0-9]{4,12}\Z"), note=st.lists(_NOTE_WORD, min_size=1, max_size=6),
+       spaces=st.sampled_from([" ", "  ", "\t", " \n "]))
+def test_a_pin_with_words_is_a_pin_reply_whose_words_are_the_note(pin, note, spaces):
+    reply = parse_reply(spaces.join([pin, *note]))
+    assert reply.kind == "pin" and reply.pin == pin
+    assert reply.note == " ".join(note)[:1000]

@@ -124,7 +124,8 @@ def test_call_pin_alarm_press_1_acknowledges_and_counts_minutes(voice_gateway, t
     assert len(served_twiml(tw)) >= 3
 
 
-def test_wrong_pin_three_times_locks_out(voice_gateway, twilio_emulator):
+def test_wrong_pin_three_times_locks_out(voice_gateway, twilio_emulator, gateway_config):
+    gateway_config["gateway"]["pins"] = {"failures": 3}  # one policy for every channel
     gw = voice_gateway()
     event = raise_alarm(gw, "plant/pump1", "page")
     call = twilio_emulator.phone(MARIA).expect_call()
