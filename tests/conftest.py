@@ -58,6 +58,35 @@ def pipeline_gateway(gateway_config, start_gateway):
     return start
 
 
+@pytest.fixture
+def sms_gw(gateway_config, start_gateway, twilio_emulator):
+    """Start a gateway whose Twilio profiles send through the emulator (or Prism in front of it)."""
+    tw = twilio_emulator
+
+    def start(pipelines: dict[str, Any] | None = None, *, profiles: dict[str, dict[str, Any]] | None = None,
+              account: dict[str, Any] | None = None, users: dict[str, dict[str, Any]] | None = None,
+              rosters: dict[str, list[str]] | None = None, retry: dict[str, Any] | None = None,
+              **sections: Any) -> RunningGateway:
+        base = f"http://127.0.0.1:{gateway_config['gateway']['http']['port']}"
+        gateway_config["gateway"]["external_url"] = base
+        if retry:
+            gateway_config["gateway"]["retry"] = retry
+        tw.sms_url = f"{base}/twilio/sms"
+        gateway_config["twilio"] = {"accounts": {"main": {
+            "account_sid": tw.account_sid, "auth_token": tw.auth_token, "api_base": tw.api_base,
+            "numbers": tw.numbers, "rate_limit": 0, **(account or {})}}}
+        gateway_config["profiles"].update(profiles or {"sms": {"type": "twilio-sms"}})
+        for name, extra in (users or {}).items():
+            gateway_config["users"].setdefault(name, {}).update(extra)
+        gateway_config["rosters"].update(rosters or {})
+        gateway_config["pipelines"] = pipelines or {"page": {"blocks": [
+            {"type": "notification", "roster": "operators", "profile": "sms", "message": "{name}"}]}}
+        gateway_config.update(sections)  # e.g. scripts={"api_run": True}
+        return start_gateway(gateway_config)
+
+    return start
+
+
 @pytest.fixture(scope="module")
 def pipeline_gateway_once(tmp_path_factory):
     """One gateway for a whole module (hypothesis runs many examples against it)."""

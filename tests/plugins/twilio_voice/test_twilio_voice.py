@@ -455,3 +455,48 @@ def test_incoming_call_hears_open_alarms_after_pin_and_is_counted(voice_gateway,
     assert stats == {"callsSent": 0, "callsReceived": 1, "minutesSent": 0, "minutesReceived": 2}
     stranger = post(f"{gw.url}/twilio/voice/incoming", From="+15550109999", CallSid="CA" + "2" * 32)
     assert "not registered" in "".join(parse_and_validate(stranger.content).itertext())
+
+
+# --- one PIN policy: every call asks, one lockout for SMS and voice ---------------------------------
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_a_call_asks_for_the_pin_even_within_an_sms_pin_session_unless_reuse_is_set(
+        voice_gateway, twilio_emulator, reuse):
+    tw = twilio_emulator
+    gw = voice_gateway(voice={"reuse_pin_session": True} if reuse else None)
+    phone = tw.phone(MARIA)
+    phone.send("STATUS 1234")  # a correct PIN by SMS opens a PIN session
+    phone.expect_sms(contains="No unacknowledged alarms")
+    event = raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped")
+    call = phone.expect_call()
+    if reuse:
+        call.expect_say("Alarm 1 of 1")
+        assert not any("PIN" in s for s in call.says)
+    else:
+        call.expect_say("PIN")  # whoever answered must say who they are
+        assert not any("Alarm 1 of 1" in s for s in call.says)
+        call.press("1234#")
+        call.expect_say("Alarm 1 of 1")
+    call.press("1")
+    call.expect_say("Alarm acknowledged.")
+    assert alarm(gw, event["id"])["ackUser"] == "maria"
+
+
+def test_wrong_pins_by_sms_and_by_voice_count_toward_one_lockout(voice_gateway, twilio_emulator, gateway_config):
+    gateway_config["gateway"]["pins"] = {"failures": 4, "lockout": "10m"}
+    tw = twilio_emulator
+    gw = voice_gateway()
+    phone = tw.phone(MARIA)
+    for _ in range(2):
+        [answer] = phone.send("STATUS 9999").replies
+        assert answer.body == "Wrong PIN."
+    raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped")
+    call = phone.expect_call()
+    call.press("9999#")
+    assert "That PIN is not correct." in call.says
+    call.press("9999#")  # the fourth wrong PIN, the second by voice: locked, on every channel
+    call.expect_say("Too many wrong PINs. You are locked out until")
+    call.wait_ended()
+    [answer] = phone.send("STATUS 1234").replies
+    assert answer.body.startswith("Too many wrong PINs: locked until")
+    assert len(audit(gw, "PinRejected")) == 3 and len(audit(gw, "PinLockout")) == 2
