@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
@@ -37,14 +40,29 @@ class DeliveryResult:
         return cls(False, None, error, retryable, retry_after)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from an HTTP ``Retry-After`` header (the delay form), for ``DeliveryResult.retry_after``."""
-    if not value:
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from an HTTP ``Retry-After`` header, for ``DeliveryResult.retry_after``: either
+    form RFC 9110 allows, a delay in seconds (``120``) or an HTTP date
+    (``Wed, 02 Dec 2026 05:30:00 GMT``, read with ``email.utils``); a date in the past is 0.
+    None when the header is absent or neither form."""
+    if not value or not value.strip():
         return None
+    value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # RFC 850 and asctime forms carry no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class NotificationProfile:
