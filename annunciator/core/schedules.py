@@ -329,67 +329,50 @@ class CompositeSchedule:
 
 # --- iCalendar -------------------------------------------------------------------------------
 
-def ical_dates(data: bytes, horizon: date | None = None) -> set[date]:
-    """Dates covered by the VEVENTs of an iCalendar file.
+def ical_dates(data: bytes, horizon: date | None = None, since: date | None = None) -> set[date]:
+    """Dates covered by the VEVENTs of an iCalendar file, from ``since`` (default: two years ago)
+    to ``horizon`` (default: the end of the year five years from now).
 
-    All-day events cover DTSTART up to the day before DTEND (DTEND is exclusive); timed events the
-    local dates they touch. RRULEs are expanded up to ``horizon`` (default: the end of the year
-    five years from now), so a yearly "Christmas" entry covers this year and the next ones.
+    Recurrences are expanded by ``recurring-ical-events`` (RRULE, RDATE, EXDATE, and occurrences
+    moved with RECURRENCE-ID, which land on their new date). All-day events cover DTSTART up to
+    the day before DTEND (DTEND is exclusive); timed events the local dates they touch.
     Raises ValueError for a file that is not iCalendar.
     """
-    from dateutil.rrule import rrulestr
+    import recurring_ical_events
     from icalendar import Calendar
 
     horizon = horizon or date(date.today().year + 5, 12, 31)
+    since = since or date(date.today().year - 2, 1, 1)
     try:
         cal = Calendar.from_ical(data)
     except Exception as exc:  # icalendar raises ValueError, but also KeyError/IndexError on junk
         raise ValueError(f"not an iCalendar file: {exc}") from None
     if getattr(cal, "name", None) != "VCALENDAR":
         raise ValueError("not an iCalendar file: no VCALENDAR")
-    out: set[date] = set()
     for ev in cal.walk("VEVENT"):
         if ev.get("DTSTART") is None:
             raise ValueError(f"event {str(ev.get('SUMMARY', '?'))!r} has no DTSTART")
+    try:
+        occurrences = recurring_ical_events.of(cal).between(since, horizon + timedelta(days=1))
+    except Exception as exc:  # a rule the library cannot expand is the file's problem, said so
+        raise ValueError(f"cannot expand the calendar's recurrences: {exc}") from None
+    out: set[date] = set()
+    for ev in occurrences:
         start = ev.decoded("DTSTART")
         all_day = not isinstance(start, datetime)
-        if ev.get("DTEND") is not None:
-            length = ev.decoded("DTEND") - start
-        elif ev.get("DURATION") is not None:
-            length = ev.decoded("DURATION")
+        end = ev.decoded("DTEND") if ev.get("DTEND") is not None else None
+        if all_day:
+            last = (end - timedelta(days=1)) if isinstance(end, date) and end > start else start
         else:
-            length = timedelta(days=1) if all_day else timedelta(0)
-        first = start if all_day else start.replace(tzinfo=None)
-        first = datetime(first.year, first.month, first.day) if all_day else first
-        starts = [first]
-        if ev.get("RRULE") is not None:
-            rule = ev.get("RRULE").to_ical().decode()
-            rule = re.sub(r"(UNTIL=[0-9T]+)Z", r"\1", rule)  # compare as wall time, like DTSTART
-            until = datetime(horizon.year, horizon.month, horizon.day, 23, 59)
-            starts = []
-            for occurrence in rrulestr(rule, dtstart=first):
-                if occurrence > until or len(starts) >= 5000:
-                    break
-                starts.append(occurrence)
-            excluded = set()
-            for ex in _as_list(ev.get("EXDATE")):
-                for d in ex.dts:
-                    dt = d.dt
-                    excluded.add(dt.date() if isinstance(dt, datetime) else dt)
-            starts = [s for s in starts if s.date() not in excluded]
-        for s in starts:
-            last = s + length - (timedelta(days=1) if all_day else timedelta(microseconds=1 if length else 0))
-            day = s.date()
-            while day <= max(last.date(), s.date()):
-                out.add(day)
-                day += timedelta(days=1)
+            # the local (wall) dates it touches; an end at midnight does not touch the next day
+            end_dt = end if isinstance(end, datetime) else start
+            last = (end_dt - timedelta(microseconds=1)).date() if end_dt > start else start.date()
+            start = start.date()
+        day = start
+        while day <= last:
+            out.add(day)
+            day += timedelta(days=1)
     return out
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
 
 
 # --- building --------------------------------------------------------------------------------

@@ -339,3 +339,34 @@ def test_parse_range_examples():
     for bad in ("mon 8-9", "mon 08:00", "08:00-09:00", "xyz 08:00-09:00", "mon 24:00-01:00", "mon 08:00-08:00"):
         with pytest.raises(ValueError):
             parse_range(bad)
+
+
+MOVED = """\
+BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//test//annunciator//EN
+BEGIN:VEVENT
+UID:audit@test
+DTSTART;VALUE=DATE:20260105
+RRULE:FREQ=MONTHLY;COUNT=6
+RDATE;VALUE=DATE:20260320
+EXDATE;VALUE=DATE:20260405
+SUMMARY:Monthly audit day
+END:VEVENT
+BEGIN:VEVENT
+UID:audit@test
+RECURRENCE-ID;VALUE=DATE:20260205
+DTSTART;VALUE=DATE:20260209
+SUMMARY:Audit day, moved to Monday
+END:VEVENT
+END:VCALENDAR
+"""
+
+
+def test_ical_rdate_exdate_and_an_occurrence_moved_with_recurrence_id():
+    got = {d for d in ical_dates(MOVED.encode(), horizon=date(2026, 12, 31), since=date(2026, 1, 1))}
+    assert date(2026, 3, 20) in got  # an RDATE adds a day
+    assert date(2026, 4, 5) not in got  # an EXDATE takes one away
+    assert date(2026, 2, 9) in got and date(2026, 2, 5) not in got  # moved, not kept at its old date
+    assert {date(2026, 1, 5), date(2026, 3, 5), date(2026, 5, 5), date(2026, 6, 5)} <= got
+    assert date(2026, 7, 5) not in got  # COUNT=6 ends in June
