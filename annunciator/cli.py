@@ -369,11 +369,17 @@ def user() -> None:
 @user.command("list")
 @_api_options
 def user_list(api: Api) -> None:
-    """Users, whether each has a PIN, and any lockout."""
+    """Users, whether each has a PIN (and when it expires), and any lockout."""
     for u in api.call("GET", "/api/users")["users"]:
         lock = f"  LOCKED until {u['lockedUntil']}" if u["lockedUntil"] else ""
+        expiry = ""
+        if u.get("pinExpired"):
+            expiry = f"  PIN EXPIRED {u['pinExpires'][:10]}"
+        elif u.get("pinExpires"):
+            expiry = f"  PIN expires {u['pinExpires'][:10]}"
         contacts = ", ".join(f"{k}: {' '.join(v)}" for k, v in u["contacts"].items())
-        click.echo(f"{u['id']:>4}  {u['username']:<16} {'PIN' if u['hasPin'] else 'no PIN':<7} {contacts}{lock}")
+        pin = "PIN" if u["hasPin"] else "no PIN"
+        click.echo(f"{u['id']:>4}  {u['username']:<16} {pin:<7} {contacts}{lock}{expiry}")
 
 
 @user.command("pin")

@@ -498,7 +498,9 @@ class Console:
     # --- admin ----------------------------------------------------------------------------
 
     async def admin(self, ctx: Ctx) -> Response:
+        people = [u.status() for u in sorted(self.gw.users.values(), key=lambda u: u.username)]
         return ctx.render("admin.html", users=sorted(self.settings.users.items()), settings=self.settings,
+                          people=people,
                           plugins=self.gw.plugins.info, notices=self.gw.config.notices,
                           profiles=sorted(self.gw.config.profiles), pipelines=sorted(self.gw.pipelines))
 

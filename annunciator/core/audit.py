@@ -37,6 +37,7 @@ class Code(StrEnum):
     SMS_REPLY = "SMSReply"
     REPLY_WITH_PIN = "ReplyWithPIN"
     PIN_REJECTED = "PinRejected"  # a wrong PIN (or none set), counted toward the lockout
+    PIN_EXPIRED = "PinExpired"  # the right PIN, but past its expiry (gateway.pins.expire_after)
     PIN_LOCKOUT = "PinLockout"  # too many wrong PINs: the person is locked out for a while
 
 

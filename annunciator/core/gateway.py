@@ -57,7 +57,8 @@ class Gateway:
         self.timers = timers = Timers()
         self.tags = TagProvider()
         self.traces = traces = Traces(store)
-        self.directory = UserDirectory(store, config.settings.users, lambda: self._secret.value)
+        self.directory = UserDirectory(store, config.settings.users, lambda: self._secret.value,
+                                       pin_lifetime=g.pins.expire_after)
         self.pins = PinCheck(lambda: self._secret.value, self.directory.save, audit)
         self.oncall = OnCall(config, store)
         self.resolve_roster = RosterResolver(self.oncall, self.directory.users, self.hook.annunciator_resolve_roster)
@@ -81,7 +82,7 @@ class Gateway:
                              batches=self.delivery.batches, pipelines=self.pipelines,
                              definitions=config.settings.alarms, commit_timeout=g.commit_timeout, events=events,
                              announce=self._alarm_transition, changed=self.refresh_tags_soon)
-        self.replies = Replies(self.pins, self.alarms, pin_policy(g.pins.failures, g.pins.lockout))
+        self.replies = Replies(self.pins, self.alarms, pin_policy(g.pins.failures, g.pins.lockout), g.pins.contact)
         self.history = History(store, self.alarms.events, self.engine.live, self.delivery.batches.held)
         self.services = Services(
             config=config, plugins=plugins, store=store, audit=audit, timers=timers, tags=self.tags,

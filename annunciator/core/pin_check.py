@@ -45,6 +45,9 @@ class PinCheck:
             text = f"locked until {user.locked_until:%H:%M} UTC" if user.locked_until else "locked"
         elif result == PinResult.NO_PIN:
             code, text = Code.PIN_REJECTED, "no PIN is set"
+        elif result == PinResult.EXPIRED:
+            code = Code.PIN_EXPIRED
+            text = f"PIN expired on {user.pin_expires:%Y-%m-%d %H:%M} UTC" if user.pin_expires else "PIN expired"
         else:
             code, text = Code.PIN_REJECTED, "wrong PIN"
         self._audit.record(code, user=user.username, channel=channel, contact=contact, text=text + suffix,

@@ -23,6 +23,8 @@ from .users import PinResult, User
 class PinOutcome:
     result: str  # a PinResult value
     locked_until: datetime | None = None
+    expired_on: datetime | None = None  # PinResult.EXPIRED: when the PIN expired
+    ask: str = ""  # PinResult.EXPIRED: whom to ask for a new one (gateway.pins.contact)
 
     @property
     def ok(self) -> bool:
@@ -41,10 +43,11 @@ class AckOutcome:
 
 
 class Replies:
-    def __init__(self, pins: PinCheck, alarms: Alarms, policy: PinPolicy):
+    def __init__(self, pins: PinCheck, alarms: Alarms, policy: PinPolicy, ask: str = "your administrator"):
         self._pins = pins
         self._alarms = alarms
         self.policy = policy  # one count and window for SMS, voice and email
+        self._ask = ask
 
     def check_pin(self, user: User, pin: str, *, channel: str | None, contact: str | None,
                   event_ids: list[str] | None = None, notification_id: str | None = None,
@@ -52,6 +55,8 @@ class Replies:
         """Check a PIN a person sent; wrong ones count toward the lockout on every channel."""
         result = self._pins.check(user, pin, channel=channel, contact=contact, policy=self.policy,
                                   event_ids=event_ids, notification_id=notification_id, via=via)
+        if result == PinResult.EXPIRED:
+            return PinOutcome(result, expired_on=user.pin_expires, ask=self._ask)
         return PinOutcome(result, user.locked_until if result == PinResult.LOCKED else None)
 
     async def acknowledge(self, user: User, events: list[AlarmEvent], note: str, *, via: str,

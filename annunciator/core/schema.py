@@ -55,6 +55,8 @@ users = sa.Table(
     sa.Column("pin_failures", sa.Integer, nullable=False, default=0),
     sa.Column("locked_until", UTCDateTime),
     sa.Column("pin_failed_at", UTCDateTime),  # the first wrong PIN of the current window
+    sa.Column("pin_expires", UTCDateTime),  # None: the PIN does not expire (gateway.pins.expire_after)
+    sa.Column("pin_reminded", UTCDateTime),  # the expiry the person was last reminded of
 )
 
 alarm_events = sa.Table(

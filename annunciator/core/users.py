@@ -35,6 +35,8 @@ class User:
     pin_failures: int = 0
     locked_until: datetime | None = None
     pin_failed_at: datetime | None = None  # first wrong PIN of the current window
+    pin_expires: datetime | None = None  # None: the PIN does not expire
+    pin_reminded: datetime | None = None  # the expiry the person was reminded of
 
     @property
     def display_name(self) -> str:
@@ -48,7 +50,9 @@ class User:
         """For administrators: never the hash, only whether a PIN is set and any lockout."""
         locked = self.locked_until if self.locked_until and self.locked_until > utcnow() else None
         return {**self.to_dict(), "hasPin": bool(self.pin_hash),
-                "lockedUntil": locked.isoformat() if locked else None}
+                "lockedUntil": locked.isoformat() if locked else None,
+                "pinExpires": self.pin_expires.isoformat() if self.pin_hash and self.pin_expires else None,
+                "pinExpired": bool(self.pin_hash and self.pin_expires and self.pin_expires <= utcnow())}
 
 
 def load_secret(path: Path) -> bytes:
@@ -70,12 +74,14 @@ def hash_pin(secret: bytes, salt: str, pin: str) -> str:
     return hmac.new(secret, (salt + ":" + pin).encode(), hashlib.sha256).hexdigest()
 
 
-def set_pin(user: User, secret: bytes, pin: str) -> None:
+def set_pin(user: User, secret: bytes, pin: str, expires: datetime | None = None) -> None:
     user.pin_salt = secrets.token_hex(16)
     user.pin_hash = hash_pin(secret, user.pin_salt, pin)
     user.pin_failures = 0
     user.locked_until = None
     user.pin_failed_at = None
+    user.pin_expires = expires
+    user.pin_reminded = None
 
 
 def pin_matches(user: User, secret: bytes, pin: str) -> bool:
@@ -90,6 +96,7 @@ class PinResult:
     WRONG = "wrong"
     LOCKED = "locked"
     NO_PIN = "no-pin"
+    EXPIRED = "expired"  # the right PIN, past its expiry: refused, not counted as wrong
 
 
 def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None, *,
@@ -105,6 +112,8 @@ def check_pin(user: User, secret: bytes, pin: str, now: datetime | None = None, 
         user.pin_failures = 0
         user.locked_until = None
         user.pin_failed_at = None
+        if user.pin_expires is not None and user.pin_expires <= now:
+            return PinResult.EXPIRED
         return PinResult.OK
     # wrong PINs count within a window (as long as the lockout): a typo last week is forgotten
     window = lockout or LOCKOUT

@@ -209,6 +209,7 @@ class ImapPoller:
                                           event_ids=mine, via="email").result
             if result != PinResult.OK:
                 why = {PinResult.LOCKED: "locked out after wrong PINs", PinResult.NO_PIN: "no PIN is set",
+                       PinResult.EXPIRED: "the PIN has expired",
                        PinResult.WRONG: "wrong or missing PIN"}.get(result, result)
                 log.info("email reply from %s not acted on: %s", sender, why)
                 return f"reply not acted on: {why}"

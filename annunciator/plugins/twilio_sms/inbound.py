@@ -272,6 +272,9 @@ class Conversation:
         if outcome.result == PinResult.LOCKED:
             until = f" until {outcome.locked_until:%H:%M} UTC" if outcome.locked_until else ""
             return self._bounded(f"Too many wrong PINs: locked{until}.")
+        if outcome.result == PinResult.EXPIRED:
+            when = f" on {outcome.expired_on:%Y-%m-%d}" if outcome.expired_on else ""
+            return f"Your PIN expired{when}; ask {outcome.ask} for a new one."
         if outcome.result == PinResult.NO_PIN:
             return self._bounded("No PIN is set for you; ask an administrator.")
         return self._bounded("Wrong PIN.")

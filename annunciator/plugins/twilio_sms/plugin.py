@@ -11,6 +11,7 @@ from annunciator.core.config import Config
 from .history import history_routes
 from .inbound import InboundSms
 from .opt_outs import opt_out_routes
+from .pin_reminders import PinReminders
 from .profile import TwilioSmsProfile
 from .scripting import TwilioFunctions
 from .text import non_gsm
@@ -31,6 +32,21 @@ def annunciator_scripting_namespaces(services: Any) -> dict[str, Any]:
 @hookimpl
 def annunciator_routes(services: Any) -> list[Any]:
     return InboundSms(services).routes() + history_routes(services) + opt_out_routes(services)
+
+
+@hookimpl
+def annunciator_startup(services: Any) -> None:
+    before = services.config.gateway.pins.remind_before
+    profile = next((p for p in services.profiles.values() if isinstance(p, TwilioSmsProfile)), None)
+    if before and profile is not None:
+        services.state.put(PinReminders(services, profile, before)).start()
+
+
+@hookimpl
+async def annunciator_shutdown(services: Any) -> None:
+    reminders = services.state.pop(PinReminders)
+    if reminders is not None:
+        await reminders.stop()
 
 
 @hookimpl

@@ -50,6 +50,7 @@ PROMPTS: dict[str, str] = {
     "wrong_pin": "That PIN is not correct.",
     "locked": "Too many wrong PINs. You are locked out until {until}. Goodbye.",
     "no_pin": "No PIN is set for you. Please ask an administrator. Goodbye.",
+    "pin_expired": "Your PIN has expired. Please ask {ask} for a new one. Goodbye.",
     "pin_ok": "Thank you.",
     "alarm": "Alarm {n} of {count}. {priority} priority. {displayPath}. {message}. At {time}.",
     "menu": "Press 1 to acknowledge, 2 for the next alarm, 3 to repeat, 9 to acknowledge all.",
@@ -388,6 +389,10 @@ class VoiceFlow:
             return to_xml(r)
         if result == PinResult.NO_PIN:
             speaker.say(r, "no_pin")
+            r.hangup()
+            return to_xml(r)
+        if result == PinResult.EXPIRED:
+            speaker.say(r, "pin_expired", ask=outcome.ask)
             r.hangup()
             return to_xml(r)
         speaker.say(r, "wrong_pin")

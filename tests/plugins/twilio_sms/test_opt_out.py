@@ -221,3 +221,35 @@ def test_opt_outs_are_listed_and_cleared_by_api_and_cli(sms_gw, twilio_emulator,
     assert [o["scope"] for o in gw.client.get("/api/sms/opt-outs").json()["optOuts"]] == ["main/ops"]
     missing = gw.client.delete(f"/api/sms/opt-outs/{MARIA}", params={"scope": "*"})
     assert missing.status_code == 404
+
+
+def test_a_pin_expires_is_refused_with_whom_to_ask_and_a_fresh_one_works(sms_gw, twilio_emulator, gateway_config):
+    gateway_config["gateway"]["pins"] = {"expire_after": "4s", "remind_before": "3s", "contact": "the shift lead"}
+    tw = twilio_emulator
+    gw = sms_gw()
+    phone = tw.phone(MARIA)
+    listed = subprocess.run([sys.executable, "-c", "from annunciator.cli import main; main()", "user", "list",
+                             "--url", gw.url, "--token", TOKEN], capture_output=True, text=True, timeout=60)
+    assert "PIN expires" in listed.stdout, listed.stdout + listed.stderr
+    [maria] = [u for u in gw.client.get("/api/users").json()["users"] if u["username"] == "maria"]
+    assert maria["pinExpires"] and maria["pinExpired"] is False
+    reminder = phone.expect_sms(contains="PIN expires on", timeout=10)
+    assert "the shift lead" in reminder.body
+    wait_until(lambda: [u for u in gw.client.get("/api/users").json()["users"]
+                        if u["username"] == "maria" and u["pinExpired"]], what="the PIN expired")
+    event = raise_alarm(gw, "plant/pump", "page", name="pump tripped")
+    phone.expect_sms(contains="pump tripped")
+    [answer] = phone.reply("1234").replies
+    assert answer.body.startswith("Your PIN expired on") and "ask the shift lead for a new one" in answer.body
+    assert gw.client.get(f"/api/alarms/{event['id']}").json()["acknowledged"] is False
+    [expired] = audit(gw, code="PinExpired")
+    assert expired["user"] == "maria"
+    assert audit(gw, code="PinRejected") == []  # the right PIN, expired: not counted as wrong
+
+    setpin = subprocess.run([sys.executable, "-c", "from annunciator.cli import main; main()", "user", "pin",
+                             "maria", "--pin-stdin", "--url", gw.url, "--token", TOKEN],
+                            input="5678\n", capture_output=True, text=True, timeout=60)
+    assert setpin.returncode == 0, setpin.stderr
+    [ok] = phone.reply("5678").replies
+    assert ok.body.startswith(f"Acknowledged #{event['ackCode']}")
+    assert [a["user"] for a in audit(gw, code="PinExpiryReminder")][:1] == ["maria"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -500,3 +501,18 @@ def test_wrong_pins_by_sms_and_by_voice_count_toward_one_lockout(voice_gateway, 
     [answer] = phone.send("STATUS 1234").replies
     assert answer.body.startswith("Too many wrong PINs: locked until")
     assert len(audit(gw, "PinRejected")) == 3 and len(audit(gw, "PinLockout")) == 2
+
+
+def test_an_expired_pin_is_refused_on_a_call(voice_gateway, twilio_emulator, gateway_config):
+    gateway_config["gateway"]["pins"] = {"expire_after": "1s"}
+    tw = twilio_emulator
+    gw = voice_gateway()
+    time.sleep(1.2)
+    event = raise_alarm(gw, "plant/pump1", "page", name="Pump 1 tripped")
+    call = tw.phone(MARIA).expect_call()
+    call.press("1234#")
+    call.expect_say("Your PIN has expired. Please ask your administrator for a new one.")
+    call.wait_ended()
+    assert alarm(gw, event["id"])["acknowledged"] is False
+    assert len(audit(gw, "PinExpired")) == 1
+    served_twiml(tw)
