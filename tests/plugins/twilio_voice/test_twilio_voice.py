@@ -516,3 +516,30 @@ def test_an_expired_pin_is_refused_on_a_call(voice_gateway, twilio_emulator, gat
     assert alarm(gw, event["id"])["acknowledged"] is False
     assert len(audit(gw, "PinExpired")) == 1
     served_twiml(tw)
+
+
+KYMERA_SCRIPT = '''\
+# written for the Kymera Twilio module: no function, variables in scope, assign `response`
+if callAction == "start":
+    response = response.replace("<Response>", "<Response><Say>Plant 3 calling " + To + ".</Say>", 1)
+elif callAction == "ack" and Digits == "1":
+    response = "<Response><Say>Thank you " + alarm["user"] + ", alarm " + str(alarm["index"]) + \\
+        " of " + str(alarm["count"]) + " is yours.</Say><Hangup/></Response>"
+'''
+
+
+def test_a_kymera_style_call_script_runs_unchanged(voice_gateway, twilio_emulator):
+    tw = twilio_emulator
+    gw = voice_gateway(script=KYMERA_SCRIPT)
+    event = raise_alarm(gw, "plant/pump1", "page")
+    call = tw.phone(MARIA).expect_call()
+    assert call.says[0] == f"Plant 3 calling {MARIA}."
+    call.press("1234#")
+    call.expect_say("Alarm 1 of 1")
+    call.press("1")
+    call.expect_say("Thank you maria, alarm 1 of 1 is yours.")
+    call.wait_ended()
+    assert alarm(gw, event["id"])["ackUser"] == "maria"  # the gateway acted before the script spoke
+    served = [cb.body for cb in tw.callbacks if cb.kind == "voice" and cb.status == 200]
+    assert served and all(body.startswith("<?xml") for body in served)  # the header was added
+    served_twiml(tw)
