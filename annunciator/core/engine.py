@@ -29,6 +29,7 @@ from .traces import Traces
 
 if TYPE_CHECKING:
     from .consolidation import ConsolidationSettings
+    from .services import Services
     from .users import User
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class _Context:
         return self.instance.properties
 
     @property
-    def services(self) -> Any:
+    def services(self) -> Services | None:
         return self.engine.services
 
     @property
@@ -189,7 +190,7 @@ class Engine:
                  traces: Traces, routing: Routing, outbox: Outbox,
                  on_finished: Callable[[AlarmEvent], None] = lambda event: None,
                  is_open: Callable[[AlarmEvent], bool] = lambda event: True,
-                 services: Any = None):
+                 services: Services | None = None):
         self.store = store
         self.timers = timers
         self.audit = audit

@@ -4,7 +4,7 @@ IMAP reply poller."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import sqlalchemy as sa
@@ -20,6 +20,9 @@ from .ack import AckPages
 from .profile import EmailProfile
 from .render import TEMPLATE_NAMES, environment
 
+if TYPE_CHECKING:
+    from annunciator.core.services import Services
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +31,7 @@ def _email_profiles(config: Config) -> dict[str, Any]:
             if raw.get("type") == EmailProfile.type_name and name in config.profiles}
 
 
-def _gateway_email_profiles(services: Any) -> list[EmailProfile]:
+def _gateway_email_profiles(services: Services) -> list[EmailProfile]:
     return [p for p in services.profiles.values() if isinstance(p, EmailProfile)]
 
 
@@ -75,13 +78,13 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
 
 
 @hookimpl
-def annunciator_routes(services: Any) -> list[BaseRoute]:
+def annunciator_routes(services: Services) -> list[BaseRoute]:
     if not _gateway_email_profiles(services):
         return []
     return [*AckPages(services).routes(), Route("/api/email/stats", _stats(services), methods=["GET"])]
 
 
-def _stats(services: Any) -> Any:
+def _stats(services: Services) -> Any:
     async def stats(request: Request) -> JSONResponse:
         """Emails sent per person and per profile, from the notification records (survives restarts)."""
         names = [p.name for p in _gateway_email_profiles(services)]
@@ -107,14 +110,14 @@ def _stats(services: Any) -> Any:
 
 
 @hookimpl
-def annunciator_startup(services: Any) -> Any:
+def annunciator_startup(services: Services) -> Any:
     from .imap import start_pollers
 
     return start_pollers(services, _gateway_email_profiles(services))
 
 
 @hookimpl
-def annunciator_shutdown(services: Any) -> Any:
+def annunciator_shutdown(services: Services) -> Any:
     from .imap import stop_pollers
 
     return stop_pollers(services)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annunciator import hookimpl
 from annunciator.core.config import Config
@@ -10,6 +10,9 @@ from annunciator.core.config import Config
 from .pin_sessions import pin_sessions
 from .settings import TwilioSettings
 from .stats import twilio_stats
+
+if TYPE_CHECKING:
+    from annunciator.core.services import Services
 
 
 @hookimpl
@@ -56,11 +59,11 @@ def annunciator_check_config(config: Config) -> list[tuple[str, str]]:
 
 
 @hookimpl
-def annunciator_register_tags(services: Any, tags: Any) -> None:
+def annunciator_register_tags(services: Services, tags: Any) -> None:
     twilio_stats(services).define_tags()
 
 
 @hookimpl
-async def annunciator_startup(services: Any) -> None:
+async def annunciator_startup(services: Services) -> None:
     await twilio_stats(services).load()
     await pin_sessions(services).load()

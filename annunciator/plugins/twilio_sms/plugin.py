@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annunciator import hookimpl
 from annunciator.core.config import Config
@@ -16,6 +16,9 @@ from .profile import TwilioSmsProfile
 from .scripting import TwilioFunctions
 from .text import non_gsm
 
+if TYPE_CHECKING:
+    from annunciator.core.services import Services
+
 
 @hookimpl
 def annunciator_profile_types() -> list[type[TwilioSmsProfile]]:
@@ -23,19 +26,19 @@ def annunciator_profile_types() -> list[type[TwilioSmsProfile]]:
 
 
 @hookimpl
-def annunciator_scripting_namespaces(services: Any) -> dict[str, Any]:
+def annunciator_scripting_namespaces(services: Services) -> dict[str, Any]:
     from annunciator.scripting.runner import Bridge
 
     return {"twilio": TwilioFunctions(services, Bridge(asyncio.get_running_loop()))}
 
 
 @hookimpl
-def annunciator_routes(services: Any) -> list[Any]:
+def annunciator_routes(services: Services) -> list[Any]:
     return InboundSms(services).routes() + history_routes(services) + opt_out_routes(services)
 
 
 @hookimpl
-def annunciator_startup(services: Any) -> None:
+def annunciator_startup(services: Services) -> None:
     before = services.config.gateway.pins.remind_before
     profile = next((p for p in services.profiles.values() if isinstance(p, TwilioSmsProfile)), None)
     if before and profile is not None:
@@ -43,7 +46,7 @@ def annunciator_startup(services: Any) -> None:
 
 
 @hookimpl
-async def annunciator_shutdown(services: Any) -> None:
+async def annunciator_shutdown(services: Services) -> None:
     reminders = services.state.pop(PinReminders)
     if reminders is not None:
         await reminders.stop()

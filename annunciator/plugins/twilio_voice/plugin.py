@@ -47,7 +47,7 @@ def stats_routes(services: Services) -> list[Route]:
 
 
 @hookimpl
-def annunciator_routes(services: Any) -> list[Any]:
+def annunciator_routes(services: Services) -> list[Any]:
     return VoiceFlow(services).routes() + stats_routes(services)
 
 
