@@ -312,6 +312,9 @@ class Conversations:
         state = sms_state(self.gw)
         await state.load()
         if state.opted_out(number, pool.scope):
+            self.gw.audit.record("SMSRefused", user=ctx.username, channel="console", contact=number,
+                                 text=f"opted out of SMS from {pool.label}", details={"pool": pool.id})
+            await self.console.commit()
             return await self.thread(ctx, status=409, text=text, error=(
                 f"{number} has opted out of SMS from {pool.label} (replied STOP): nothing was sent. "
                 "They can opt in again by sending START."))

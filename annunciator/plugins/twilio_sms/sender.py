@@ -59,6 +59,13 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
     def allowed(number: str) -> bool:
         return not any(state.opted_out(to, s) for s in scopes(number))
 
+    def refused(why: str) -> DeliveryResult:
+        # an alarm's refusal is its notification's (NotificationFailed); any other send is audited here
+        if notification_id is None:
+            services.audit.record("SMSRefused", user=username, channel="sms", contact=to, text=why,
+                                  event_ids=event_ids)
+        return DeliveryResult.failed(why, retryable=False)
+
     # the footer is owed once per pool: the send's own pool, else the sender number's
     scope = pool_key(acct.name, pool)
     # A timed-out request may have created the message all the same (Twilio has no idempotency
@@ -88,23 +95,22 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
                          event_ids=event_ids, notification_id=notification_id)
             return DeliveryResult.sent(found.sid)
     if state.opted_out(to, ALL_POOLS):
-        return DeliveryResult.failed(f"{to} has opted out of all SMS (replied STOPALL)", retryable=False)
+        return refused(f"{to} has opted out of all SMS (replied STOPALL)")
     if from_ is not None and from_ not in acct.numbers:
         return DeliveryResult.failed(f"{from_} is not a number of Twilio account {acct.name}", retryable=False)
     via_service = bool(messaging_service and acct.settings.messaging_service_sid and from_ is None)
     # through a Messaging Service Twilio picks the sender among its numbers: any opt-out counts
     if via_service and any(state.opted_out(to, s) for n in acct.numbers for s in scopes(n)):
-        return DeliveryResult.failed(f"{to} has opted out of SMS from this account's numbers (replied STOP)",
-                                         retryable=False)
+        return refused(f"{to} has opted out of SMS from this account's numbers (replied STOP)")
     if from_ is not None:
         if not allowed(from_):
-            return DeliveryResult.failed(f"{to} has opted out of SMS from {from_} (replied STOP)", retryable=False)
+            return refused(f"{to} has opted out of SMS from {from_} (replied STOP)")
         our = from_
     else:
         picked = acct.pick(pool, sticky=state.last_sender.get(to), allowed=allowed)
         if picked is None:
-            return DeliveryResult.failed(f"{to} has opted out of SMS from {'pool ' + pool if pool else 'every number'}"
-                                         " (replied STOP)", retryable=False)
+            return refused(f"{to} has opted out of SMS from {'pool ' + pool if pool else 'every number'}"
+                           " (replied STOP)")
         our = picked
     if pool is None or our not in acct.pool(pool):
         scope = scopes(our)[0]

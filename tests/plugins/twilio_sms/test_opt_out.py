@@ -84,6 +84,8 @@ def test_a_stop_to_a_pool_number_is_kept_by_every_send_path(sms_gw, twilio_emula
     assert c is False and "opted out" in ec
     after = sends_to(tw, MARIA)[before:]
     assert [s["From"] for s in after if s.get("From") in POOL] == []  # nothing was even tried
+    refusals = audit(gw, code="SMSRefused")
+    assert len(refusals) == 2 and all(r["contact"] == MARIA and "opted out" in r["text"] for r in refusals)
     assert story(gw, event["id"])["notifications"][0]["status"] == "sent"
 
 
