@@ -83,12 +83,11 @@ class InboundSms:
         state = sms_state(self.services)
         state.update_status(sid, status, error)
         if code == "21610" and params.get("To"):
-            # Twilio's opt-out is per sender: the pool of the number that tried, not every pool
-            service = twilio_service(self.services)
-            account = service.owner_of(params.get("From", ""))
-            scope = (pool_key(account.name, service.pool_of(account, params["From"])) if account
-                     else ALL_POOLS)
-            state.set_opt_out(params["To"], scope, True, "provider")
+            # Twilio's opt-out is per sender: the pools of the number that tried, not every pool
+            if params.get("From"):
+                state.opt_out_of(params["To"], params["From"], "provider")
+            else:
+                state.set_opt_out(params["To"], ALL_POOLS, True, "provider")
         await self.services.delivery.delivery_status(sid, status, error)
         await self.services.store.commit(timeout=self.services.store.read_timeout)
         return Response(status_code=204)
@@ -129,9 +128,9 @@ class InboundSms:
                             channel=profile.name if profile else "sms", contact=their, text=kept[:1600],
                             details={"messageSid": sid, "to": our}, event_ids=await self._about(their, our))
         text = await conversation.answer(reply)
-        if text and reply.kind not in ("help", "start") and state.opted_out(their, conversation.scope):
+        if text and reply.kind not in ("help", "start") and state.opted_out_of(their, our):
             # Twilio refuses any message to an opted-out number (error 21610) but these two
-            log.info("not answering %s: opted out of %s", their, conversation.scope)
+            log.info("not answering %s: opted out of %s", their, our)
             text = None
         if text:
             state.record("out", our=our, their=their, body=text, username=user.username if user else None,
@@ -206,13 +205,16 @@ class Conversation:
 
     async def answer(self, reply: Reply) -> str | None:
         if reply.kind in ("stop", "stopall"):
-            scope = ALL_POOLS if reply.kind == "stopall" else self.scope
-            self.state.set_opt_out(self.their, scope, True, "keyword")
+            if reply.kind == "stopall":
+                self.state.set_opt_out(self.their, ALL_POOLS, True, "keyword")
+                scopes = [ALL_POOLS]
+            else:  # every pool of the number it was sent to
+                scopes = self.state.opt_out_of(self.their, self.our, "keyword")
             self.gw.audit.record("OptOut", user=self._name, contact=self.their, text=reply.text,
-                                 details={"scope": scope})
+                                 details={"scope": ", ".join(scopes), "scopes": scopes})
             return None  # Twilio itself confirms opt-out and opt-in keywords
         if reply.kind == "start":
-            self.state.opt_in_everywhere(self.their)
+            self.state.opt_in(self.their, self.our)
             self.gw.audit.record("OptIn", user=self._name, contact=self.their, text=reply.text)
             return None
         if reply.kind == "help" and self.user is None:

@@ -16,7 +16,7 @@ from annunciator.plugins.twilio.http import retry_after
 from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.sms import MAX_BODY_CHARS
 
-from .state import ALL_POOLS, SmsState, pool_key, sms_state
+from .state import ALL_POOLS, SmsState, pool_key, sender_scopes, sms_state
 from .text import smart_encode
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
 
     def scopes(number: str) -> list[str]:
         """The opt-out scopes a sender number speaks for: the pools it is in (or none)."""
-        return [pool_key(acct.name, p) for p in acct.pools_of(number)] or [pool_key(acct.name, None)]
+        return sender_scopes(acct.name, acct.settings.pools, number)
 
     def allowed(number: str) -> bool:
         return not any(state.opted_out(to, s) for s in scopes(number))
@@ -87,7 +87,8 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
                                          retry_after=(settled - datetime.now(UTC)).total_seconds())
         del unsure[key]
         if found is not None:
-            state.greeted.add((scope, to))
+            state.greeted.add((pool_key(acct.name, pool) if pool and found.from_ in acct.pool(pool)
+                               else scopes(found.from_ or sender or "")[0], to))
             if sending is not None:
                 sending(found.from_ or sender or "")
             state.record("out", our=found.from_ or sender, their=to, body=sent_body, sid=found.sid,
@@ -146,7 +147,8 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
         if undo is not None:
             undo()
         if isinstance(exc, TwilioRestException):
-            return _failure(exc, to, state, scope)
+            # the sender Twilio refused: ours, or (a Messaging Service picks) any of the account's
+            return _failure(exc, to, state, [params["from_"]] if "from_" in params else list(acct.numbers))
         if isinstance(exc, TimeoutError):
             return DeliveryResult.failed(f"Twilio did not answer within {acct.settings.timeout:g}s")
         if isinstance(exc, aiohttp.ClientError):
@@ -174,13 +176,14 @@ async def _find_sent(acct: Any, to: str, body: str, sender: str | None, since: d
     return True, next((m for m in recent if m.body == body and m.date_created and m.date_created >= earliest), None)
 
 
-def _failure(exc: TwilioRestException, to: str, state: SmsState, scope: str) -> DeliveryResult:
+def _failure(exc: TwilioRestException, to: str, state: SmsState, senders: list[str]) -> DeliveryResult:
     code, status = exc.code, exc.status
     what = f"Twilio {status} error {code}: {exc.msg}"
     if code == OPTED_OUT:
         # Twilio refuses: the person replied STOP to this sender at some point; remember it for
-        # the pool the sender belongs to (Twilio's opt-out is per sender, not per account)
-        state.set_opt_out(to, scope, True, "provider")
+        # the pools the sender belongs to (Twilio's opt-out is per sender, not per account)
+        for sender in senders:
+            state.opt_out_of(to, sender, "provider")
         return DeliveryResult.failed(f"{to} has opted out of SMS (Twilio error 21610)", retryable=False)
     if code in PERMANENT:
         return DeliveryResult.failed(f"{what} ({PERMANENT[code]})", retryable=False)

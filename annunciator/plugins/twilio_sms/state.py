@@ -5,6 +5,7 @@ from the stored rows at start."""
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,9 @@ class SmsState:
                 "opt": conn.execute(sa.select(o.c.number, o.c.scope, o.c.active)).all(),
                 "pairs": conn.execute(sa.select(m.c.pool, m.c.account, m.c.their_number, m.c.our_number,
                                                 sa.func.max(m.c.created))
-                                      .where(m.c.direction == "out", m.c.channel == "sms")
+                                      # TwiML answers ("Wrong PIN.") are no first message of a pool
+                                      .where(m.c.direction == "out", m.c.channel == "sms",
+                                             sa.or_(m.c.status.is_(None), m.c.status != "twiml"))
                                       .group_by(m.c.pool, m.c.account, m.c.their_number, m.c.our_number)).all(),
                 # Twilio retries a webhook within minutes: a day of inbound ids recognises any replay
                 "recent": conn.execute(sa.select(m.c.id).where(
@@ -83,7 +86,8 @@ class SmsState:
         data = await self.services.store.read(read)
         self.opted = {(num, scope): active for num, scope, active in data["opt"]}
         for pool, account, their, our, _ in sorted(data["pairs"], key=lambda r: r[4]):
-            self.greeted.add((pool_key(account, pool), their))
+            # as the sender keys it: the send's pool when it named one, else the number's own
+            self.greeted.add((pool_key(account, pool) if pool else self.scopes_of(our or "")[0], their))
             self.last_sender[their] = our
         for sid in data["recent"][-_SEEN_SIDS:]:
             self.seen[sid] = None
@@ -115,10 +119,33 @@ class SmsState:
         return await self.services.store.read(
             lambda conn: [dict(r._mapping) for r in conn.execute(sa.select(o).where(o.c.active.is_(True)))])
 
-    def opt_in_everywhere(self, number: str) -> None:
-        for (num, scope), active in list(self.opted.items()):
-            if num == number and active:
-                self.set_opt_out(num, scope, False, "keyword")
+    def scopes_of(self, our: str) -> list[str]:
+        """The opt-out scopes of our number ``our`` (see sender_scopes)."""
+        from annunciator.plugins.twilio.service import twilio_service
+
+        service = twilio_service(self.services)
+        account = service.owner_of(our)
+        if account is not None:
+            return sender_scopes(account.name, account.settings.pools, our)
+        settings = service.settings.accounts  # not started yet: the configured numbers
+        name = next((n for n, a in settings.items() if our in a.numbers), None)
+        return sender_scopes(name, settings[name].pools if name else {}, our)
+
+    def opt_out_of(self, their: str, our: str, source: str) -> list[str]:
+        """``their`` sent STOP to ``our`` (or Twilio refused a send from it): every scope of ``our``."""
+        scopes = self.scopes_of(our)
+        for scope in scopes:
+            self.set_opt_out(their, scope, True, source)
+        return scopes
+
+    def opted_out_of(self, their: str, our: str) -> bool:
+        return any(self.opted_out(their, s) for s in self.scopes_of(our))
+
+    def opt_in(self, their: str, our: str) -> None:
+        """START to ``our``: back in for its scopes, and out of STOPALL; other pools stay stopped."""
+        for scope in [*self.scopes_of(our), ALL_POOLS]:
+            if self.opted.get((their, scope)):
+                self.set_opt_out(their, scope, False, "keyword")
 
     # --- PIN sessions ---------------------------------------------------------------------
 
@@ -160,6 +187,14 @@ class SmsState:
 
 def pool_key(account: str | None, pool: str | None) -> str:
     return f"{account or ''}/{pool or ''}"
+
+
+def sender_scopes(account: str | None, pools: Mapping[str, list[str]], number: str) -> list[str]:
+    """The opt-out scopes a sending number speaks for: every pool it is in, else the numbers of its
+    account in no pool; a number no account owns, every sender (a STOP to it must still count)."""
+    if account is None:
+        return [ALL_POOLS]
+    return [pool_key(account, p) for p, nums in pools.items() if number in nums] or [pool_key(account, None)]
 
 
 def sms_state(services: Services) -> SmsState:

@@ -255,3 +255,30 @@ def test_a_pin_expires_is_refused_with_whom_to_ask_and_a_fresh_one_works(sms_gw,
     [ok] = phone.reply("5678").replies
     assert ok.body.startswith(f"Acknowledged #{event['ackCode']}")
     assert [a["user"] for a in audit(gw, code="PinExpiryReminder")][:1] == ["maria"]
+
+
+def test_a_stop_to_a_number_in_two_pools_stops_both_and_start_resumes_only_its_own(sms_gw, twilio_emulator):
+    tw = twilio_emulator
+    n1, n2, n3 = (tw.add_number(n) for n in ("+15005550020", "+15005550021", "+15005550022"))
+    gw = sms_gw(account={"numbers": [tw.numbers[0], n1, n2, n3], "pools": {"ops": [n1, n2], "maint": [n2, n3]}},
+                scripts={"api_run": True})
+    phone = tw.phone(MARIA)
+
+    def send(**where: str) -> list[Any]:
+        args = "".join(f', {k}="{v}"' for k, v in where.items())
+        return script(gw, f'ok = system.twilio.sendMessage("{MARIA}", "hi"{args})\n'
+                          'result = [ok, system.twilio.lastError()]')
+
+    phone.send("STOP", to=n2)  # n2 serves both pools
+    phone.expect_sms(contains="unsubscribed")
+    assert send(pool="ops")[0] is False and send(pool="maint")[0] is False
+    assert send(fromNumber=n3)[0] is False  # another number of a pool she stopped
+    ok, _ = send()
+    assert ok is True and phone.expect_sms(contains="hi").from_ == tw.numbers[0]
+    phone.send("START", to=n1)  # back in for ops (n1's pool), not for maint
+    phone.expect_sms(contains="re-subscribed")
+    assert send(pool="ops")[0] is True
+    assert phone.expect_sms(contains="hi").from_ in (n1, n2)
+    ok, why = send(pool="maint")
+    assert ok is False and "opted out" in why
+    assert {o["scope"] for o in gw.client.get("/api/sms/opt-outs").json()["optOuts"]} == {"main/maint"}
