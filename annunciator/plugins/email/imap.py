@@ -219,9 +219,9 @@ class ImapPoller:
     async def _ack(self, user: User, event_ids: list[str], note: str, base: dict[str, Any]) -> str:
         gw = self.services
         events = [e for i in event_ids if (e := gw.events.get(i)) is not None]
+        todo = [e.id for e in events if not e.acknowledged]  # before: what this reply was to act on
         outcome = await gw.replies.acknowledge(user, events, note, via="email",
                                                default_note="acknowledged by email reply")
-        todo = [e.id for e in events if not e.acknowledged or e in outcome.acknowledged]
         if outcome.needs_note:
             return self._outcome("EmailReplyIgnored", base, "notes are required: reply ACK PIN your notes",
                                  [e.id for e in outcome.needs_note])

@@ -89,10 +89,6 @@ class TwilioAccount:
         self._rr += 1
         return numbers[self._rr % len(numbers)]
 
-    def pools_of(self, number: str) -> list[str]:
-        """The pools a number belongs to (a number may serve several)."""
-        return [p for p, nums in self.settings.pools.items() if number in nums]
-
     async def pace(self, number: str) -> None:
         """Wait for the number's next send slot (``rate_limit`` per second); never drops a message."""
         rate = self.settings.rate_limit

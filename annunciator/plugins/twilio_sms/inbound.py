@@ -27,7 +27,7 @@ from annunciator.plugins.twilio.service import twilio_service
 from annunciator.plugins.twilio.webhooks import verified_form
 
 from .replies import Reply, parse_reply
-from .state import ALL_POOLS, SmsState, pool_key, sms_state
+from .state import ALL_POOLS, SmsState, sms_state
 
 if TYPE_CHECKING:
     from annunciator.core.services import Services
@@ -119,8 +119,7 @@ class InboundSms:
         kept = mask_pins(body)
         state.record("in", our=our, their=their, body=kept, sid=sid, username=user.username if user else None,
                      status="received", account=account.name if account else None, pool=pool)
-        conversation = Conversation(gw, state, profile, user, their, our,
-                                    pool_key(account.name if account else None, pool))
+        conversation = Conversation(gw, state, profile, user, their, our)
         if conversation.keyword(reply) is None:  # a keyword is logged once, under its own code
             # a reply is logged against the alarms the conversation's latest message was about
             # (an alarm notification, or an SMS dispatched from an alarm in the console)
@@ -186,9 +185,9 @@ class Conversation:
     """One inbound message from one number, and what to answer."""
 
     def __init__(self, services: Services, state: SmsState, profile: TwilioSmsProfile | None, user: User | None,
-                 their: str, our: str, scope: str):
+                 their: str, our: str):
         self.gw, self.state, self.profile, self.user = services, state, profile, user
-        self.their, self.our, self.scope = their, our, scope
+        self.their, self.our = their, our
         self.settings: Any = profile.sms if profile is not None else None
 
     def _bounded(self, text: str) -> str | None:

@@ -66,8 +66,10 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
                                   event_ids=event_ids)
         return DeliveryResult.failed(why, retryable=False)
 
-    # the footer is owed once per pool: the send's own pool, else the sender number's
-    scope = pool_key(acct.name, pool)
+    def footer_scope(number: str) -> str:
+        """The footer is owed once per pool: the send's own pool, else the sender number's."""
+        return pool_key(acct.name, pool) if pool and number in acct.pool(pool) else scopes(number)[0]
+
     # A timed-out request may have created the message all the same (Twilio has no idempotency
     # key for Messages): before sending again, ask Twilio whether it did, so nobody gets it twice.
     unsure = state.unsure
@@ -87,8 +89,7 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
                                          retry_after=(settled - datetime.now(UTC)).total_seconds())
         del unsure[key]
         if found is not None:
-            state.greeted.add((pool_key(acct.name, pool) if pool and found.from_ in acct.pool(pool)
-                               else scopes(found.from_ or sender or "")[0], to))
+            state.greeted.add((footer_scope(found.from_ or sender or ""), to))
             if sending is not None:
                 sending(found.from_ or sender or "")
             state.record("out", our=found.from_ or sender, their=to, body=sent_body, sid=found.sid,
@@ -113,8 +114,7 @@ async def send_sms(services: Services, to: str, text: str, *, account: str | Non
             return refused(f"{to} has opted out of SMS from {'pool ' + pool if pool else 'every number'}"
                            " (replied STOP)")
         our = picked
-    if pool is None or our not in acct.pool(pool):
-        scope = scopes(our)[0]
+    scope = footer_scope(our)
     first = (scope, to) not in state.greeted
     body = text + (f"\n{footer}" if footer and first else "")
     if smart:
