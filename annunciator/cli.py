@@ -316,6 +316,33 @@ def status(api: Api) -> None:
 
 
 @main.command()
+@_api_options
+@click.option("--json", "as_json", is_flag=True, help="print the API's answer as JSON")
+def cluster(api: Api, as_json: bool) -> None:
+    """The gateways sharing this database: each node's role, epoch and last heartbeat, and which
+    one holds the lease (any node answers; a single node on SQLite says so)."""
+    data = api.call("GET", "/api/cluster")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    lease = data["lease"]
+    if data.get("single"):
+        click.echo(f"single node {lease['node']} (SQLite, or a gateway started without a cluster): always active")
+        return
+    active = lease.get("active") or {}
+    if active.get("node"):
+        click.echo(f"active: {active['node']} at {active['address']}, epoch {active['epoch']}, "
+                   f"lease renewed {lease['leaseAge']}s ago (lease {lease['lease']:g}s)")
+    else:
+        click.echo(f"active: none (the lease is free or ran out; a standby takes over within {lease['lease']:g}s)")
+    click.echo(f"{'NODE':<24} {'ROLE':<8} {'EPOCH':>5}  {'HEARTBEAT':>9}  {'PID':>7}  {'VERSION':<12} ADDRESS")
+    for n in data["nodes"]:
+        mark = " *" if n["holdsLease"] else ""
+        click.echo(f"{n['node']:<24} {n['role']:<8} {n['epoch'] if n['epoch'] is not None else '-':>5}  "
+                   f"{n['heartbeatAge']:>8.1f}s  {n['pid']:>7}  {n['version']:<12} {n['address']}{mark}")
+
+
+@main.command()
 @click.option("--data-dir", default="annunciator-data", show_default=True,
               help="where the demo keeps its config, database and secret")
 @click.option("--port", default=8088, show_default=True)

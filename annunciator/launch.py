@@ -71,14 +71,23 @@ def serve(cfg: Config, pm: PluginManager, extra_routes: list[Any] | None = None)
     # time-to-notify (bench/pipeline_throughput.py: steady p99 114 ms -> 31 ms). Young objects
     # are still collected, just in larger steps.
     gc.set_threshold(50_000, 20, 100)
-    gateway = Gateway(cfg, pm)
-    try:
-        gateway.store.lock()  # before serving anything: a second gateway must not even start
-    except AlreadyRunning as exc:
-        raise click.ClickException(str(exc))
-    app = build_app(gateway)
-    for route in extra_routes or []:
-        app.router.routes.append(route)
+    app: Any
+    if cfg.database_url.startswith(("postgresql", "postgres")):
+        # PostgreSQL: a node of a cluster, active or standby (docs/ha.md)
+        from .node import Node
+
+        node = Node(cfg.path or config_path(None), cfg, pm)
+        node.prepare()
+        app = node
+    else:
+        gateway = Gateway(cfg, pm)
+        try:
+            gateway.store.lock()  # before serving anything: a second gateway must not even start
+        except AlreadyRunning as exc:
+            raise click.ClickException(str(exc))
+        app = build_app(gateway)
+        for route in extra_routes or []:
+            app.router.routes.append(route)
     http = cfg.gateway.http
     if cfg.gateway.external_url is None and http.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("annunciator").warning("serving on %s without TLS in front: use a reverse proxy", http.host)

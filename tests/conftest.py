@@ -160,3 +160,19 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[Any]:
+    """A PostgreSQL server of the test's own, to stop, freeze or restart (never the shared one)."""
+    from annunciator.testing.postgres import PostgresMissing, PrivateCluster
+
+    try:
+        cluster = PrivateCluster()
+    except PostgresMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()

@@ -39,6 +39,7 @@ class Code(StrEnum):
     PIN_REJECTED = "PinRejected"  # a wrong PIN (or none set), counted toward the lockout
     PIN_EXPIRED = "PinExpired"  # the right PIN, but past its expiry (gateway.pins.expire_after)
     PIN_LOCKOUT = "PinLockout"  # too many wrong PINs: the person is locked out for a while
+    CLUSTER_ACTIVE = "ClusterActive"  # a node became the active one (a failover names the one before)
 
 
 class AuditLog:

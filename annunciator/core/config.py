@@ -133,6 +133,19 @@ class PinSettings(StrictModel):
     contact: str = "your administrator"
 
 
+class ClusterSettings(StrictModel):
+    """Several gateways on one PostgreSQL database: one active, the others standby (docs/ha.md).
+
+    The active renews a lease row every ``lease``/5; a node that cannot renew within ``lease``
+    stops sending and steps down, and a standby takes over once the lease has run out in the
+    database's clock. ``address`` is how the other nodes reach this one (they forward writes
+    to the active); ``node`` names it in ``annunciator cluster`` and the audit log."""
+
+    lease: Duration = Field(10.0, ge=1.0, le=300.0)
+    address: str | None = None  # default: http://{http.host}:{http.port}
+    node: str | None = None  # default: hostname:port
+
+
 class ProfileAlarmSettings(StrictModel):
     """The gateway's own alarm when a profile keeps failing (source ``annunciator/profiles/NAME``).
 
@@ -167,6 +180,7 @@ class GatewaySettings(StrictModel):
     retry: RetrySettings = RetrySettings()
     profile_alarms: ProfileAlarmSettings = ProfileAlarmSettings()
     pins: PinSettings = PinSettings()
+    cluster: ClusterSettings = ClusterSettings()
     max_concurrent_sends: int = Field(256, ge=1)
     # how long an API call waits for its change to be stored before answering 503
     commit_timeout: Duration = 10.0

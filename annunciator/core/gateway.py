@@ -14,9 +14,11 @@ import asyncio
 import inspect
 import logging
 
+from . import schema
 from .alarm_lifecycle import Alarms
-from .alarms import AlarmEvent
-from .audit import AuditLog
+from .alarms import AlarmEvent, utcnow
+from .audit import AuditLog, Code
+from .cluster import Term, shared_secret
 from .config import Config
 from .delivery import Delivery
 from .engine import Engine
@@ -43,8 +45,11 @@ log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, config: Config, plugins: PluginManager):
+    def __init__(self, config: Config, plugins: PluginManager, term: Term | None = None):
+        """``term``: this gateway is the active node of a cluster for that term (core.cluster);
+        its writes are fenced by the lease and it sends only while the term lasts."""
         self.config = config
+        self.term = term
         self.plugins = plugins
         self.hook = plugins.hook
         g = config.gateway
@@ -53,6 +58,9 @@ class Gateway:
         self._secret = Secret()
         self.store = store = Store(config.database_url)
         store.read_timeout = g.commit_timeout
+        if term is not None:
+            store.fence = term.fence
+            store.on_fenced = term.lost
         self.audit = audit = AuditLog(store)
         self.timers = timers = Timers()
         self.tags = TagProvider()
@@ -68,7 +76,8 @@ class Gateway:
 
         # sending and planning report to each other: the dispatcher's reports go to delivery
         self.dispatcher = Dispatcher(store=store, profiles=self.profiles, audit=audit, retry=g.retry,
-                                     max_concurrent=g.max_concurrent_sends, on_status=self._notification_status)
+                                     max_concurrent=g.max_concurrent_sends, on_status=self._notification_status,
+                                     may_send=term.valid if term is not None else lambda: True)
         self.delivery = Delivery(store=store, audit=audit, timers=timers, traces=traces, users=self.directory.users,
                                  profiles=self.profiles, pipelines=self.pipelines, resolve=self.resolve_roster,
                                  retry=g.retry, preferences=self.directory.channel_preferences,
@@ -89,7 +98,7 @@ class Gateway:
             traces=traces, alarms=self.alarms, engine=self.engine, delivery=self.delivery,
             dispatcher=self.dispatcher, directory=self.directory, pins=self.pins, oncall=self.oncall,
             resolve_roster=self.resolve_roster, history=self.history, replies=self.replies, profiles=self.profiles,
-            secret_holder=self._secret, state=PluginState())
+            secret_holder=self._secret, state=PluginState(), term=term)
         self.engine.services = self.services  # what Script blocks run with
         types = plugins.profile_types()
         for name, settings in config.profiles.items():
@@ -111,6 +120,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.open, loop)
         self._secret.value = load_secret(self.config.resolve(self.config.gateway.secret_file))
+        if self.term is not None:
+            # every node of a cluster must key PINs and cookies alike: the first one's secret
+            self._secret.value = await self.store.read(
+                lambda conn: shared_secret(conn, self._secret.value), fresh=False)
         await self.directory.sync()
         await self.oncall.load()  # runtime overrides (API/CLI) that have not ended
         for profile in self.profiles.values():
@@ -120,6 +133,8 @@ class Gateway:
         await recover(store=self.store, audit=self.audit, alarms=self.alarms, engine=self.engine,
                       delivery=self.delivery, dispatcher=self.dispatcher, users=self.directory.users,
                       max_age=self.config.gateway.retry.max_age)
+        if self.term is not None:
+            self._journal_term()
         self.profile_watch.resume(self.alarms.current)
         self.refresh_tags_soon()
         self.timers.start()
@@ -150,6 +165,43 @@ class Gateway:
         for profile in self.profiles.values():
             await profile.stop()
         await self.store.close()
+
+    async def abandon(self) -> None:
+        """Stop at once, writing and sending nothing more: this node lost the lease, so another
+        node is (or soon will be) active and takes over from what the database holds."""
+        if self.term is not None:
+            self.store.fence_now(f"epoch {self.term.epoch} is over")
+        self.started = False
+        self.timers.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self.dispatcher.abandon()
+        for result in self.hook.annunciator_shutdown(services=self.services):
+            if inspect.isawaitable(result):
+                try:
+                    await result
+                except Exception:
+                    log.exception("a plugin's shutdown failed while stepping down")
+        for profile in self.profiles.values():
+            try:
+                await profile.stop()
+            except Exception:
+                log.exception("profile %s failed to stop while stepping down", profile.name)
+        await self.store.close()
+
+    def _journal_term(self) -> None:
+        """A failover is audited and journaled (source annunciator/cluster) by the new active."""
+        assert self.term is not None
+        lease = self.term.lease
+        text = (f"node {lease.name} took over from {lease.took_over_from} ({lease.took_over_why}), "
+                f"epoch {self.term.epoch}" if lease.took_over_from else
+                f"node {lease.name} is active, epoch {self.term.epoch} ({lease.took_over_why})")
+        self.audit.record(Code.CLUSTER_ACTIVE, channel="cluster", text=text,
+                          details={"node": lease.name, "epoch": self.term.epoch,
+                                   "previous": lease.took_over_from, "why": lease.took_over_why})
+        self.store.insert(schema.journal, {"event_id": None, "source": "annunciator/cluster", "ts": utcnow(),
+                                           "action": "failover" if lease.took_over_from else "active",
+                                           "user": None, "notes": text})
 
     # --- reports wired to plugins and tags ------------------------------------------------
 

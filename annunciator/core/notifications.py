@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from .config import RetrySettings
     from .store import Store
 
+# what an attempt answers when the node stepped down before the provider was called
+_NOT_ACTIVE = DeliveryResult.failed("this node is no longer the active one", retryable=True)
+
 log = logging.getLogger(__name__)
 
 PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
@@ -169,8 +172,12 @@ class Dispatcher:
 
     def __init__(self, *, store: Store, profiles: Mapping[str, NotificationProfile], audit: AuditLog,
                  retry: RetrySettings, max_concurrent: int, reports: DispatchReports | None = None,
-                 on_status: Callable[[Notification, str], None] = lambda n, status: None):
+                 on_status: Callable[[Notification, str], None] = lambda n, status: None,
+                 may_send: Callable[[], bool] = lambda: True):
         self.store = store
+        # False once this node is no longer the active one of its cluster: nothing new is sent
+        # (a call already with the provider finishes); the new active resends what is pending
+        self.may_send = may_send
         self.profiles = profiles
         self.audit = audit
         # set by the composition root once delivery exists (delivery is built with this outbox)
@@ -298,11 +305,15 @@ class Dispatcher:
             if done is not None:
                 self._finish(n, CANCELLED, error=f"{n.last_error}; not retried: {done}")
                 return
+            if not self.may_send():
+                return  # stepped down: the row stays pending for the new active node
             n.attempts += 1
             if profile is None:
                 result = DeliveryResult.failed(f"profile {n.profile!r} is not configured", retryable=False)
             else:
                 result = await self._attempt(profile, n)
+                if result is _NOT_ACTIVE:
+                    return
             if n.status != PENDING:  # cancelled while in flight
                 return
             now = utcnow()
@@ -377,6 +388,8 @@ class Dispatcher:
         async with self._limit:
             if n.status != PENDING:
                 return DeliveryResult.failed("cancelled", retryable=False)
+            if not self.may_send():  # checked again after the wait for a sending slot
+                return _NOT_ACTIVE
             n.in_flight = True
             try:
                 return await profile.send(n)
@@ -419,6 +432,12 @@ class Dispatcher:
                                   event_ids=n.event_ids, notification_id=n.id,
                                   details={"attempt": n.attempts, "providerId": n.provider_id} if n.attempts
                                   else None)
+
+    def abandon(self) -> None:
+        """This node stepped down: stop every delivery task (waits and retries); their rows stay
+        pending in the database, where the new active node finds them."""
+        for task in list(self._tasks):
+            task.cancel()
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Give in-flight sends a moment to finish at shutdown."""

@@ -84,6 +84,14 @@ alarm_events = sa.Table(
     sa.Column("done", sa.Boolean, nullable=False, default=False, index=True),
 )
 
+# The last line of defence when two gateways ever both think they are active (each node's memory
+# is fenced first, by the cluster lease): one open event per source, one open event per ack code.
+sa.Index("uq_open_event_per_source", alarm_events.c.source, unique=True,
+         sqlite_where=alarm_events.c.clear_time.is_(None), postgresql_where=alarm_events.c.clear_time.is_(None))
+sa.Index("uq_open_ack_code", alarm_events.c.ack_code, unique=True,
+         sqlite_where=sa.and_(alarm_events.c.done.is_(False), alarm_events.c.ack_code.isnot(None)),
+         postgresql_where=sa.and_(alarm_events.c.done.is_(False), alarm_events.c.ack_code.isnot(None)))
+
 journal = sa.Table(
     "journal", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -241,4 +249,55 @@ pin_sessions = sa.Table(
     "pin_sessions", metadata,
     sa.Column("username", sa.String(200), primary_key=True),
     sa.Column("expires", UTCDateTime, nullable=False),
+)
+
+
+# --- several gateways on one PostgreSQL database (core.cluster, docs/ha.md) -------------------
+
+# One row (id 1): who is active, since which epoch, and when the lease was last renewed (in the
+# database's clock, so nodes' clocks never matter). Every write transaction of the active checks
+# it (fencing): an old active that wakes after another took over can commit nothing.
+cluster_lease = sa.Table(
+    "cluster_lease", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String(64)),  # cluster_nodes.id of the active; None: released
+    sa.Column("holder_name", sa.String(200)),
+    sa.Column("address", sa.String(500)),  # where the other nodes forward writes to
+    sa.Column("renewed", UTCDateTime),
+    sa.Column("lease", sa.Float, nullable=False),  # seconds
+)
+
+# Every node (one row per process start), with its heartbeat: what `annunciator cluster` lists.
+cluster_nodes = sa.Table(
+    "cluster_nodes", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("address", sa.String(500), nullable=False),
+    sa.Column("public_url", sa.String(500), nullable=False),  # what Twilio signs webhooks to it with
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("identity", sa.String(300)),  # host|boot|pid namespace|pid|start: is it gone? (same host)
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),  # standby | active | stopped
+    sa.Column("epoch", sa.BigInteger),  # of its latest term as active
+    sa.Column("started", UTCDateTime, nullable=False),
+    sa.Column("heartbeat", UTCDateTime, nullable=False, index=True),
+)
+
+# Secrets every node must share (PIN hashes and console cookies are keyed by "gateway"): on
+# PostgreSQL the first node stores its secret file's key here and every node uses it.
+shared_secrets = sa.Table(
+    "shared_secrets", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+)
+
+# Console sessions signed out before their cookie expires: kept so another node (after a
+# failover or a restart) refuses the cookie too.
+console_revocations = sa.Table(
+    "console_revocations", metadata,
+    sa.Column("sid", sa.String(64), primary_key=True),
+    sa.Column("until", UTCDateTime, nullable=False, index=True),
 )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .alarm_lifecycle import Alarms
 from .alarms import AlarmEvent
 from .audit import AuditLog
+from .cluster import Term
 from .config import Config
 from .delivery import Delivery
 from .engine import Engine
@@ -94,6 +95,8 @@ class Services:
     profiles: Mapping[str, NotificationProfile]
     secret_holder: Secret
     state: PluginState = field(default_factory=PluginState)
+    # this gateway's term as the active node of a cluster (PostgreSQL); None: a single node
+    term: Term | None = None
 
     # read-only views plugins use often
     @property
@@ -111,3 +114,8 @@ class Services:
     @property
     def secret(self) -> bytes:
         return self.secret_holder.value
+
+    def public_urls(self) -> list[str]:
+        """The URLs webhooks to this cluster may be signed for: this node's, and while it is
+        active every node's, since a standby forwards the webhooks it is sent."""
+        return list(self.term.lease.peers) if self.term is not None else []

@@ -43,7 +43,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_engine(url: str) -> Engine:
+def create_engine(url: str, connect_args: dict[str, Any] | None = None) -> Engine:
     url = normalize_url(url)
     # A file database needs no liveness ping; a server does (restarts, idle timeouts).
     if url.startswith("sqlite"):
@@ -51,7 +51,8 @@ def create_engine(url: str) -> Engine:
     else:
         # A server needs a liveness ping (restarts, idle timeouts) and a bounded connect: during
         # an outage a reader must give up within the read timeout rather than hang in connect().
-        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5},
+        engine = sa.create_engine(url, pool_pre_ping=True,
+                                  connect_args={"connect_timeout": 5, **(connect_args or {})},
                                   json_serializer=sanitize.dumps)
     if engine.dialect.name == "sqlite":
         @sa_event.listens_for(engine, "connect")
@@ -77,6 +78,10 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # several nodes starting at once: one migrates, the others wait here and then find
+            # nothing left to do (the lock goes with the transaction, however it ends)
+            conn.exec_driver_sql("select pg_advisory_xact_lock(hashtext('annunciator:migrations'))")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -228,6 +233,11 @@ class Store:
         # when writes started failing for a lost connection (None: the database answers)
         self.outage_since: datetime | None = None
         self.outage_error = ""
+        # set by the cluster (PostgreSQL): runs first in every write transaction and raises
+        # Fenced unless this node still holds the lease; once fenced, nothing more is written
+        self.fence: Callable[[Connection], None] | None = None
+        self.on_fenced: Callable[[], None] = lambda: None
+        self.fenced: str | None = None
 
     @property
     def dialect(self) -> str:
@@ -236,46 +246,37 @@ class Store:
     def lock(self) -> None:
         """Claim the database for this gateway, or raise AlreadyRunning.
 
-        Two gateways on one database would both recover and send the same pending
+        Two gateways on one SQLite file would both recover and send the same pending
         notifications: people would be paged twice. SQLite gets an exclusive lock on a file
-        beside the database; PostgreSQL a session advisory lock per schema, which the server
-        releases when this process dies, however it dies.
+        beside the database, which the kernel releases when this process dies, however it dies.
+        On PostgreSQL several gateways share the database as a cluster: the lease (core.cluster)
+        decides which one is active, and ``fence`` keeps every other one from committing.
         """
         if self._lock is not None:
             return
         url = sa.engine.make_url(self.url)
-        if self.dialect == "sqlite":
-            if not url.database or url.database == ":memory:":
-                self._lock = True
-                return
-            import fcntl
+        if self.dialect != "sqlite" or not url.database or url.database == ":memory:":
+            self._lock = True
+            return
+        import fcntl
 
-            path = Path(url.database + ".lock")
-            f = open(path, "a+")  # noqa: SIM115 - held open for the gateway's lifetime
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                owner = f.read().strip() or "?"
-                f.close()
-                raise AlreadyRunning(f"another gateway (pid {owner}) is already using {url.database}; "
-                                     "stop it first") from None
+        path = Path(url.database + ".lock")
+        f = open(path, "a+")  # noqa: SIM115 - held open for the gateway's lifetime
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
-            self._lock = f
-        else:
-            conn = self.engine.connect()
-            schema = conn.exec_driver_sql("select current_schema()").scalar()
-            got = conn.exec_driver_sql(
-                "select pg_try_advisory_lock(hashtext(%(k)s))", {"k": f"annunciator:{schema}"}).scalar()
-            conn.commit()
-            if not got:
-                conn.close()
-                raise AlreadyRunning(f"another gateway is already using {url.render_as_string()} "
-                                     f"(schema {schema}); stop it first")
-            self._lock = conn
+            owner = f.read().strip() or "?"
+            f.close()
+            raise AlreadyRunning(
+                f"another gateway (pid {owner}) is already using {url.database}; stop it first. "
+                "SQLite serves one gateway only: several gateways (a standby that takes over) need "
+                "PostgreSQL, e.g. gateway.database: postgresql://user@host/annunciator (docs/ha.md)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock = f
 
     def _unlock(self) -> None:
         lock, self._lock = self._lock, None
@@ -312,11 +313,20 @@ class Store:
             conn.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")
 
     async def close(self) -> None:
-        await self.commit()
+        if self.fenced is None:
+            await self.commit()
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
         if self.dialect == "sqlite":
             await asyncio.get_running_loop().run_in_executor(self._readers, self.checkpoint, "TRUNCATE")
+        if self.fenced is not None:
+            # a node that lost the lease may have a writer stuck on a database that stopped
+            # answering: it is left to time out; nothing it holds may be written anyway
+            self._writer.shutdown(wait=False, cancel_futures=True)
+            self._readers.shutdown(wait=False, cancel_futures=True)
+            self._unlock()
+            self.engine.dispose()
+            return
         if self._writer_conn is not None:
             self._writer.submit(self._writer_conn.close).result()
         self._writer.shutdown(wait=True)
@@ -446,12 +456,21 @@ class Store:
                 self._inflight = batch
                 self._drop_refused_work(batch)
                 while True:
+                    if self.fenced is not None:
+                        self._refuse_fenced(batch)
+                        break
                     try:
                         await loop.run_in_executor(self._writer, self._write, batch)
                         if self.outage_since is not None:
                             log.warning("database answers again (unreachable since %s)",
                                         self.outage_since.isoformat(timespec="seconds"))
                             self.outage_since = None
+                        break
+                    except Fenced as exc:
+                        self.fenced = str(exc)
+                        log.critical("%s: this gateway commits and sends nothing more", exc)
+                        units.run_outside(self.on_fenced)
+                        self._refuse_fenced(batch)
                         break
                     except (sa.exc.OperationalError, _Transient) as exc:
                         # The database is unreachable (or read-only during a failover): keep the batch
@@ -484,6 +503,21 @@ class Store:
                 delay = 0.5
         finally:
             self._flushing = False
+
+    def fence_now(self, why: str) -> None:
+        """Write nothing more (the node lost the lease): queued and later rows are refused."""
+        if self.fenced is None:
+            self.fenced = why
+
+    def _refuse_fenced(self, batch: _Batch) -> None:
+        """A node that lost the lease: its callers hear it is unavailable (the active node will do
+        the work: requests are safe to repeat) and its after-commit callbacks (sends) never run."""
+        assert batch.future is not None
+        batch.callbacks.clear()
+        if not batch.future.done():
+            batch.future.set_exception(Unavailable(f"this gateway is no longer the active node ({self.fenced}); "
+                                                   "try again: another node takes over"))
+            batch.future.exception()
 
     def _drop_refused_work(self, batch: _Batch) -> None:
         """Rows queued by work already refused in an earlier batch (it went on after an ``await``
@@ -549,7 +583,7 @@ class Store:
                 try:
                     self._write_rows(conn, batch)
                     return
-                except sa.exc.OperationalError:
+                except (sa.exc.OperationalError, Fenced):
                     raise
                 except sa.exc.DBAPIError as exc:
                     if not _refusal(exc):
@@ -599,7 +633,7 @@ class Store:
         try:
             self._write_rows(conn, batch)
             return None
-        except sa.exc.OperationalError:
+        except (sa.exc.OperationalError, Fenced):
             raise
         except sa.exc.DBAPIError as exc:
             if not _refusal(exc):
@@ -655,16 +689,20 @@ class Store:
     def _write_rows(self, conn: Connection, batch: _Batch) -> None:
         rows = 0
         with conn.begin():
+            if self.fence is not None:
+                self.fence(conn)  # raises Fenced: this node is no longer the active one
             for table in _ORDER:
+                # updates first: an event cleared (or finished) in this batch frees its source and
+                # ack code for an event inserted in the same batch (unique among open events)
+                updates = batch.updates.get(table)
+                if updates:
+                    rows += _write_updates(conn, table, updates)
                 pending = batch.inserts.get(table)
                 if pending:
                     values = list(pending.values()) if isinstance(pending, dict) else pending
                     for group in _by_keys(values):
                         self._insert(conn, table, group)
                     rows += len(values)
-                updates = batch.updates.get(table)
-                if updates:
-                    rows += _write_updates(conn, table, updates)
         self.batches_written += 1
         self.rows_written += rows
 
@@ -771,6 +809,10 @@ def _fits(table: sa.Table, column: str, value: Any, limit: int) -> None:
     # a value is stored or refused the same way whatever the database
     if type(value) is str and len(value) > limit:
         raise ValueTooLong(f"{table.name}.{column}: {len(value)} characters, at most {limit} fit")
+
+
+class Fenced(Exception):
+    """This node no longer holds the cluster lease: its write transaction is rolled back."""
 
 
 class ValueTooLong(ValueError):

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import http_limits, units
+from . import cluster, http_limits, units
 from .alarm_spec import AlarmSpec
 from .alarms import utcnow
 from .config import join_path
@@ -249,15 +249,31 @@ def _api(fn: Callable[[Gateway, Request], Awaitable[Response]], gw: Gateway) -> 
 # --- handlers -----------------------------------------------------------------------------
 
 async def health(gw: Gateway, request: Request) -> Response:
-    """``ok`` only while the database answers: a gateway that cannot store alarms is not healthy."""
+    """``ok`` only while the database answers: a gateway that cannot store alarms is not healthy.
+    It names the node's role (a single node is always the active one), its epoch and lease age;
+    ``?role=active`` answers 200 only on the active node, for load balancers."""
     name = gw.config.gateway.name
+    node: dict[str, Any] = gw.term.lease.status() if gw.term is not None else {"role": "active", "epoch": None}
+    retry = {"Retry-After": str(http_limits.RETRY_AFTER)}
     if not gw.started:
-        return _json({"status": "starting", "name": name})
+        return _json({"status": "starting", "name": name, **node}, 503 if request.query_params.get("role") else 200,
+                     headers=retry)
     problem = await gw.store.ping(timeout=2.0)
     if problem is not None:
-        return _json({"status": "degraded", "database": problem, "name": name}, 503,
-                     headers={"Retry-After": str(http_limits.RETRY_AFTER)})
-    return _json({"status": "ok", "name": name})
+        return _json({"status": "degraded", "database": problem, "name": name, **node}, 503, headers=retry)
+    if request.query_params.get("role") == "active" and node["role"] != "active":
+        return _json({"status": "ok", "name": name, **node, "database": "ok"}, 503, headers=retry)
+    return _json({"status": "ok", "name": name, **node, "database": "ok"})
+
+
+async def cluster_nodes(gw: Gateway, request: Request) -> Response:
+    """The nodes of the cluster (PostgreSQL), or this single node."""
+    if gw.term is None:
+        return _json({"nodes": [], "lease": {"role": "active", "node": gw.config.gateway.name, "epoch": None},
+                      "single": True})
+    lease = gw.term.lease
+    found = await gw.store.read(lambda conn: cluster.nodes(conn, lease.lease), fresh=False)
+    return _json({"nodes": found, "lease": lease.status()})
 
 
 async def raise_alarms(gw: Gateway, request: Request) -> Response:
@@ -572,6 +588,7 @@ def build_app(gw: Gateway, manage_lifecycle: bool = True) -> Starlette:
 
     routes: list[BaseRoute] = [
         r("/api/health", health, ["GET"]),
+        r("/api/cluster", cluster_nodes, ["GET"]),
         # batches of up to 10,000 alarms: 2 MiB, where every other route takes 64 KiB
         r("/api/alarms", raise_alarms, ["POST"], http_limits.ALARMS_BODY_LIMIT),
         r("/api/alarms", list_alarms, ["GET"]),

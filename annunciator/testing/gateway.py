@@ -152,7 +152,10 @@ class GatewayProcess:
         self.url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8088)}"
         self.log = config_path.with_suffix(".log")
 
-    def start(self, timeout: float = 30.0) -> GatewayProcess:
+    def start(self, timeout: float = 30.0, role: str = "active") -> GatewayProcess:
+        """Start and wait until it answers as ``role``: "active" (a single node always is), or
+        "standby"/"any" for a node of a cluster that another node leads."""
+        health = "/api/health?role=active" if role == "active" else "/api/health"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "annunciator", "run", "-c", str(self.config_path)],
@@ -162,13 +165,31 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/api/health", timeout=1).json().get("status") == "ok":
+                body = httpx.get(self.url + health, timeout=1).json()
+                if body.get("status") == "ok" and role in ("any", body.get("role")):
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         self.kill()
         raise TimeoutError(f"gateway did not answer in time:\n{self.log.read_text()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def pause(self) -> None:
+        """SIGSTOP: a stalled VM, a process the scheduler forgot; it wakes with SIGCONT."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def health(self) -> dict[str, Any]:
+        return dict(httpx.get(self.url + "/api/health", timeout=5).json())
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a power cut of the process."""

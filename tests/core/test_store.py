@@ -27,7 +27,7 @@ def test_migrate_twice_is_harmless(annunciator_database_url):
     migrate(engine)
     migrate(engine)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0007"
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0008"
     engine.dispose()
 
 

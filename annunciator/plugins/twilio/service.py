@@ -182,10 +182,14 @@ class TwilioService:
         may have signed it (several accounts share the routes)."""
         if not signature:
             return False
-        url = self.webhook_url(path_and_query)
+        # a standby forwards the webhooks it is sent to the active node: Twilio signed them for
+        # the standby's URL, so the public URL of any node of the cluster is accepted
+        urls = [self.webhook_url(path_and_query)]
+        urls += [u + path_and_query for u in self.services.public_urls() if u + path_and_query not in urls]
         sid = params.get("AccountSid")
         candidates = [a for a in self.accounts.values() if a.account_sid == sid] or list(self.accounts.values())
-        return any(a.validator is not None and a.validator.validate(url, params, signature) for a in candidates)
+        return any(a.validator is not None and a.validator.validate(url, params, signature)
+                   for a in candidates for url in urls)
 
 
 def twilio_service(services: Services) -> TwilioService:
