@@ -81,7 +81,7 @@ class Node:
             await self._wake.wait()
             self._wake.clear()
             gw = self.gateway
-            if gw is not None and gw.term is not None and not gw.term.valid():
+            if gw is not None and gw.term is not None and gw.term.over():
                 self.gateway, self.active_app = None, None
                 log.critical("cluster: abandoning the gateway of epoch %d (%s)", gw.term.epoch,
                              self.lease.lost_reason or "the lease is gone")
@@ -91,6 +91,8 @@ class Node:
                     log.exception("stepping down failed; the node stays standby")
             if self.gateway is None and self.lease.valid():
                 await self._become_active()
+                if self.gateway is not None and self.gateway.term is not None and self.gateway.term.over():
+                    self._changed()
 
     async def _become_active(self) -> None:
         term = self.lease.term()
@@ -106,7 +108,7 @@ class Node:
                 await gw.abandon()
                 self.lease.step_down("the gateway did not start")
                 return
-            if not term.valid():  # lost while recovering
+            if term.over():  # lost while recovering
                 await gw.abandon()
                 self._changed()
                 return
@@ -128,7 +130,9 @@ class Node:
             await self._lifespan(receive, send)
             return
         gw, app = self.gateway, self.active_app
-        if gw is not None and app is not None and gw.started and gw.term is not None and gw.term.valid():
+        # the term's gateway answers until the term is over, also while its lease has lapsed (a
+        # database outage): reads from memory, writes queued and answered 503 after commit_timeout
+        if gw is not None and app is not None and gw.started and gw.term is not None and not gw.term.over():
             await app(scope, receive, send)
         else:
             await self.standby_app(scope, receive, send)
@@ -170,7 +174,7 @@ class Node:
                 await task
         gw, self.gateway, self.active_app = self.gateway, None, None
         if gw is not None:
-            if gw.term is not None and gw.term.valid():
+            if gw.term is not None and not gw.term.over():
                 await gw.stop()
             else:
                 await gw.abandon()

@@ -25,13 +25,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from annunciator.core import schema
+from annunciator.core import cluster, schema
 from annunciator.core.alarms import AlarmEvent, Priority, utcnow
 from annunciator.core.errors import Conflict, Invalid, NotFound, Unavailable
 from annunciator.core.errors import Refused as StoreRefused
 from annunciator.plugins.twilio.service import TwilioService
 
-from .auth import COOKIE, LoginLimiter, Session, Sessions, verify_password
+from .auth import COOKIE, LoginLimiter, Session, Sessions, stored_revocations, verify_password
 from .conversations import Conversations
 from .settings import ROLE_RANK, ConsoleSettings
 from .web import Ctx, Handler, Refused
@@ -67,6 +67,8 @@ class Console:
         limit = self.settings.login_limit
         self.limiter = LoginLimiter(limit.attempts, limit.window)
         self._sessions: Sessions | None = None
+        # sign-outs stored before this console started (a restart, a failover): loaded once
+        self._revocations_restored = False
         # who was last notified of each open alarm (from the notification hook): "being notified now"
         self.notified: dict[str, dict[str, Any]] = {}
         self.conversations = Conversations(self)
@@ -76,8 +78,19 @@ class Console:
         if self._sessions is None:
             if not self.gw.secret:
                 raise Refused(503, "the gateway is starting")
-            self._sessions = Sessions(self.gw.secret, self.settings.session_lifetime)
+            self._sessions = Sessions(self.gw.secret, self.settings.session_lifetime, self.gw.store)
         return self._sessions
+
+    async def restore_revocations(self) -> None:
+        """Refuse the cookies of sessions signed out before this console started: at startup
+        (plugin.annunciator_startup), else before the first request's session is read (a cluster
+        node builds its routes after its gateway started). Until it succeeds every page answers
+        503: a signed-out cookie must not work again because the database was slow."""
+        if self._revocations_restored:
+            return
+        sessions = self.sessions
+        sessions.restore(await self.gw.store.read(stored_revocations, fresh=False))
+        self._revocations_restored = True
 
     @property
     def secure(self) -> bool:
@@ -96,6 +109,7 @@ class Console:
         async def handler(request: Request) -> Response:
             session: Session | None = None
             try:
+                await self.restore_revocations()
                 session = self.sessions.load(request.cookies.get(COOKIE))
                 username = session.user if session else None
                 user = self.settings.users.get(username) if username else None
@@ -225,6 +239,12 @@ class Console:
 
     async def logout(self, ctx: Ctx) -> Response:
         self.sessions.revoke(ctx.session)
+        try:
+            await self.commit()  # stored before the answer: a restart right after still refuses it
+        except (Refused, StoreRefused) as exc:
+            # refused in memory already; signing out must not fail because the database stalls
+            log.warning("console: the sign-out of %s is not stored yet: %s", ctx.username,
+                        exc.message if isinstance(exc, Refused) else exc)
         response = RedirectResponse(f"{PREFIX}/login", 303)
         response.delete_cookie(COOKIE, path=PREFIX)
         return response
@@ -500,9 +520,22 @@ class Console:
     async def admin(self, ctx: Ctx) -> Response:
         people = [u.status() for u in sorted(self.gw.users.values(), key=lambda u: u.username)]
         return ctx.render("admin.html", users=sorted(self.settings.users.items()), settings=self.settings,
-                          people=people,
+                          people=people, cluster=await self._cluster(),
                           plugins=self.gw.plugins.info, notices=self.gw.config.notices,
                           profiles=sorted(self.gw.config.profiles), pipelines=sorted(self.gw.pipelines))
+
+    async def _cluster(self) -> dict[str, Any] | None:
+        """This node and the cluster's nodes (PostgreSQL); None on a single node."""
+        term = self.gw.term
+        if term is None:
+            return None
+        lease = term.lease
+        error = ""
+        try:
+            nodes = await self.gw.store.read(lambda conn: cluster.nodes(conn, lease.lease), fresh=False)
+        except Unavailable as exc:  # the rest of the page is still worth showing
+            nodes, error = [], str(exc)
+        return {"status": lease.status(), "epoch": term.epoch, "nodes": nodes, "error": error}
 
     # --- hooks ----------------------------------------------------------------------------
 

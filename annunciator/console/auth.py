@@ -7,12 +7,20 @@ import hmac
 import secrets
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from annunciator.core import schema
+
+if TYPE_CHECKING:
+    from annunciator.core.store import Store
 
 COOKIE = "annunciator_console"
 _hasher = PasswordHasher()
@@ -53,13 +61,23 @@ class Session:
 
 
 class Sessions:
-    """Signed (not encrypted) cookies: nothing secret goes in them, and tampering breaks the signature."""
+    """Signed (not encrypted) cookies: nothing secret goes in them, and tampering breaks the signature.
 
-    def __init__(self, secret: bytes, lifetime: float):
+    A signed-out session's id is kept until its cookie would have expired anyway: in memory, and
+    (with a ``store``) in ``console_revocations``, so the cookie stays refused after a restart or a
+    failover to another node (``restore`` loads the rows when the console starts).
+    """
+
+    # a revocation outlives the cookie's own expiry by this much: the signature's timestamp is
+    # whole seconds, so a cookie may verify a moment after issued + lifetime
+    GRACE = 60.0
+
+    def __init__(self, secret: bytes, lifetime: float, store: Store | None = None):
         # derived, so the console never signs with the very key that protects PINs
         key = hmac.new(secret, b"annunciator-console-session", hashlib.sha256).digest()
         self.serializer = URLSafeTimedSerializer(key, salt="console-session")
         self.lifetime = lifetime
+        self.store = store
         self.revoked: dict[str, float] = {}  # sid -> when it may be forgotten (after it expires anyway)
 
     def load(self, cookie: str | None) -> Session | None:
@@ -78,9 +96,32 @@ class Sessions:
         return self.serializer.dumps(session.dump())
 
     def revoke(self, session: Session) -> None:
+        """Refuse the session's cookie from now on. A sid is stored once: revoking it again (two
+        sign-outs racing) queues no second row for the same primary key."""
         now = time.time()
         self.revoked = {s: t for s, t in self.revoked.items() if t > now}
-        self.revoked[session.sid] = session.issued + self.lifetime
+        if session.sid in self.revoked:
+            return
+        until = session.issued + self.lifetime + self.GRACE
+        self.revoked[session.sid] = until
+        if self.store is not None:
+            self.store.insert(schema.console_revocations,
+                              {"sid": session.sid, "until": datetime.fromtimestamp(until, UTC)})
+
+    def restore(self, revoked: Mapping[str, float]) -> None:
+        """Add revocations stored earlier (sid -> until, epoch seconds); expired ones are skipped."""
+        now = time.time()
+        for sid, until in revoked.items():
+            if until > now:
+                self.revoked[sid] = max(until, self.revoked.get(sid, 0.0))
+
+
+def stored_revocations(conn: sa.Connection) -> dict[str, float]:
+    """The revocations in ``console_revocations`` that have not expired (for ``Sessions.restore``).
+    Expired rows are left: a random sid never comes back, and they cost one indexed range each."""
+    t = schema.console_revocations
+    rows = conn.execute(sa.select(t.c.sid, t.c.until).where(t.c.until > datetime.now(UTC))).all()
+    return {sid: until.timestamp() for sid, until in rows}
 
 
 class LoginLimiter:

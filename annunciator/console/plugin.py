@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from annunciator import hookimpl
+from annunciator.core.errors import Unavailable
 
 from .settings import ConsoleSettings
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from annunciator.core.services import Services
 
     from .app import Console
+
+log = logging.getLogger(__name__)
 
 
 def console_of(services: Services) -> Console | None:
@@ -60,6 +64,20 @@ def annunciator_routes(services: Services) -> list[BaseRoute]:
         # the console of this gateway hears of notifications as a plugin object of its own
         services.plugins.register(_NotificationListener(console))
     return console.routes()
+
+
+@hookimpl
+async def annunciator_startup(services: Services) -> None:
+    """Sign-outs stored earlier (before a restart or a failover) are refused from the first
+    request. A node of a cluster builds its routes only after this: its console loads them before
+    its first request instead (Console.restore_revocations)."""
+    console = console_of(services)
+    if console is None:
+        return
+    try:
+        await console.restore_revocations()
+    except Unavailable as exc:  # the first console request tries again (and answers 503 until then)
+        log.warning("console: could not load the stored sign-outs yet: %s", exc)
 
 
 class _NotificationListener:

@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from . import schema
-from .store import Fenced, create_engine
+from .store import Fenced, LeaseLapsed, create_engine
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class Lease:
         self.role = STANDBY
         self.epoch = 0
         self.valid_until = 0.0
+        self.suspended = False  # active, but the lease lapsed: nothing is sent or committed
         self.view = LeaseView()
         self.peers: list[str] = []  # public URLs of live nodes (for Twilio signatures)
         self.failovers = 0  # terms this node took over from another node
@@ -134,6 +135,7 @@ class Lease:
         self._inflight: asyncio.Future[None] | None = None
         self._stopping = False
         self._conn: Connection | None = None
+        self._peers_read = 0.0
         self._yield_until = 0.0  # a node that could not start its gateway leaves the lease to others
 
     # --- what the rest of the node asks -----------------------------------------------------
@@ -153,8 +155,9 @@ class Lease:
         age = None if v.age is None else round(v.age + (time.monotonic() - v.read_at), 3)
         return {"role": self.role if self.role != ACTIVE or self.valid() else STANDBY, "node": self.name,
                 "epoch": self.epoch if self.role == ACTIVE else v.epoch, "leaseAge": age,
-                "lease": self.lease, "active": {"node": v.holder_name, "address": v.address, "epoch": v.epoch}
-                if v.holder else None, "failovers": self.failovers}
+                "lease": self.lease, "suspended": self.suspended,
+                "active": {"node": v.holder_name, "address": v.address, "epoch": v.epoch} if v.holder else None,
+                "failovers": self.failovers}
 
     def active_address(self) -> str | None:
         """Where writes go: the active node's address, unless that is this node or nobody."""
@@ -175,10 +178,12 @@ class Lease:
         last = 0.0
         while not self._stopping:
             now = time.monotonic()
-            if self.role == ACTIVE and now >= self.valid_until:
+            if self.role == ACTIVE and now >= self.valid_until and not self.suspended:
+                self.suspended = True
                 why = self.db_error or "the database did not answer, or this process was paused"
-                self._lose(f"the lease was not renewed in time (lease {self.lease:g}s, less a {self.margin:g}s "
-                           f"margin): {why}")
+                log.critical("cluster: this node (%s) could not renew its lease in time (lease %gs, less a %gs "
+                             "margin): %s. It sends and commits nothing until the lease is renewed; if another "
+                             "node has taken over meanwhile, it steps down.", self.name, self.lease, self.margin, why)
             if now - last >= self.interval and (self._inflight is None or self._inflight.done()):
                 last = now
                 before = (self.role, self.epoch)
@@ -221,18 +226,30 @@ class Lease:
                 with contextlib.suppress(Exception):
                     self._conn.close()
                 self._conn = None
-            self._lose(f"the lease connection failed ({self.db_error})")
+            if self.role == ACTIVE and not self.suspended:
+                # the session that vouched for the lease is gone: nothing is sent on trust until
+                # a renewal on a new connection shows nobody took the lease over
+                self.valid_until = 0.0
+                self.suspended = True
+                log.critical("cluster: this node (%s) lost its lease connection (%s): it sends and commits "
+                             "nothing until the lease is renewed", self.name, self.db_error)
 
     def _renew(self, conn: Connection, started: float) -> None:
+        # No expiry condition: while this node still holds the lease with its epoch, nobody else
+        # has taken over (a takeover changes both), so a lapsed lease may be renewed and the term
+        # goes on with what it queued during a database outage. Once another node holds it, the
+        # term is over for good.
         row = conn.execute(sa.text(
             "update cluster_lease set renewed = clock_timestamp() where id = 1 and holder = :me "
-            "and epoch = :epoch and renewed > clock_timestamp() - make_interval(secs => lease) returning epoch"),
-            {"me": self.node_id, "epoch": self.epoch}).first()
+            "and epoch = :epoch returning epoch"), {"me": self.node_id, "epoch": self.epoch}).first()
         if row is None:
             self._lose(f"another node took the lease over (this node's epoch {self.epoch})")
             return
         if self.role == ACTIVE:
             self.valid_until = max(self.valid_until, started + self.lease - self.margin)
+            if self.suspended and time.monotonic() < self.valid_until:
+                self.suspended = False
+                log.warning("cluster: lease renewed (epoch %d): this node sends and commits again", self.epoch)
 
     def _campaign(self, conn: Connection, started: float) -> None:
         conn.execute(pg_insert(schema.cluster_lease).values(id=1, epoch=0, lease=self.lease)
@@ -257,6 +274,7 @@ class Lease:
             {"epoch": epoch, "me": self.node_id, "name": self.name, "address": self.address, "lease": self.lease})
         self.epoch = epoch
         self.role = ACTIVE
+        self.suspended = False
         self.valid_until = started + self.lease - self.margin
         self.lost_reason = None
         if holder is not None and not mine:
@@ -293,6 +311,22 @@ class Lease:
             "select distinct public_url from cluster_nodes where heartbeat > :since"),
             {"since": datetime.fromtimestamp(time.time() - 3600, UTC)})]
 
+    def refresh_peers(self) -> bool:
+        """Read the nodes' public URLs now (a webhook forwarded by a node that joined since the
+        last round); at most once a second. True when the list changed."""
+        now = time.monotonic()
+        if now - self._peers_read < 1.0:
+            return False
+        self._peers_read = now
+        before = list(self.peers)
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql(self._timeouts.replace("set local", "set"))
+                self._read(conn)
+        except sa.exc.DBAPIError as exc:
+            log.warning("cluster: could not read the nodes: %s", exc.orig)
+        return self.peers != before
+
     def _lose(self, why: str) -> None:
         if self.role != ACTIVE:
             return
@@ -300,6 +334,7 @@ class Lease:
                      "and returns to standby.", self.name, why)
         self.role = STANDBY
         self.valid_until = 0.0
+        self.suspended = False
         self.lost_reason = why
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.changed)
@@ -347,16 +382,21 @@ class Term:
     def valid(self) -> bool:
         return self.lease.valid(self.epoch)
 
+    def over(self) -> bool:
+        """Has this term ended for good (another node took over, or this node stepped down)?"""
+        return self.lease.role != ACTIVE or self.lease.epoch != self.epoch
+
     def fence(self, conn: Connection) -> None:
         """The first statement of every write transaction of the active (store.fence)."""
-        if not self.valid():
-            raise Fenced(f"the lease of epoch {self.epoch} ran out on this node")
-        ok = conn.exec_driver_sql(
-            "select 1 from cluster_lease where id = 1 and holder = %(me)s and epoch = %(epoch)s "
-            "and renewed > clock_timestamp() - make_interval(secs => lease) for share",
-            {"me": self.lease.node_id, "epoch": self.epoch}).first()
-        if ok is None:
+        if self.over():
+            raise Fenced(f"this node's term (epoch {self.epoch}) is over")
+        row = conn.exec_driver_sql(
+            "select holder = %(me)s and epoch = %(epoch)s, renewed > clock_timestamp() - make_interval(secs => lease) "
+            "from cluster_lease where id = 1 for share", {"me": self.lease.node_id, "epoch": self.epoch}).first()
+        if row is None or not row[0]:
             raise Fenced(f"another node holds the lease (this node's epoch {self.epoch} is over)")
+        if not row[1] or not self.valid():
+            raise LeaseLapsed(f"the lease of epoch {self.epoch} lapsed; waiting for it to be renewed")
 
     def lost(self) -> None:
         """The store found itself fenced: step down now (the lease loop would, a moment later)."""

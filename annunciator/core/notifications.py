@@ -306,14 +306,18 @@ class Dispatcher:
                 self._finish(n, CANCELLED, error=f"{n.last_error}; not retried: {done}")
                 return
             if not self.may_send():
-                return  # stepped down: the row stays pending for the new active node
+                # the node's cluster lease lapsed: wait until it is renewed (or the term ends and
+                # abandon() cancels this task; the row stays pending for the new active node)
+                await asyncio.sleep(0.2)
+                continue
             n.attempts += 1
             if profile is None:
                 result = DeliveryResult.failed(f"profile {n.profile!r} is not configured", retryable=False)
             else:
                 result = await self._attempt(profile, n)
                 if result is _NOT_ACTIVE:
-                    return
+                    n.attempts -= 1
+                    continue
             if n.status != PENDING:  # cancelled while in flight
                 return
             now = utcnow()

@@ -119,3 +119,7 @@ class Services:
         """The URLs webhooks to this cluster may be signed for: this node's, and while it is
         active every node's, since a standby forwards the webhooks it is sent."""
         return list(self.term.lease.peers) if self.term is not None else []
+
+    def refresh_public_urls(self) -> bool:
+        """Read the cluster's nodes again (one may have joined since); True when that changed them."""
+        return self.term.lease.refresh_peers() if self.term is not None else False

@@ -39,8 +39,22 @@ def normalize_url(url: str) -> str:
     # psycopg 3 is the driver we ship; a plain postgresql:// URL would ask for psycopg2.
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return _multi_host("postgresql+psycopg://" + url[len(prefix):])
     return url
+
+
+def _multi_host(url: str) -> str:
+    """libpq's multi-host form (``user@db-a:5432,db-b:5432/name?target_session_attrs=read-write``,
+    what Patroni and managed services hand out) as SQLAlchemy spells it: one ``host=`` per server."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    path, _, query = tail.partition("?")
+    params = "&".join(f"host={h}" for h in hosts.split(",") if h)
+    query = f"{params}&{query}" if query else params
+    return f"{scheme}://{userinfo}{at}/{path}?{query}"
 
 
 def create_engine(url: str, connect_args: dict[str, Any] | None = None) -> Engine:
@@ -472,7 +486,7 @@ class Store:
                         units.run_outside(self.on_fenced)
                         self._refuse_fenced(batch)
                         break
-                    except (sa.exc.OperationalError, _Transient) as exc:
+                    except (sa.exc.OperationalError, _Transient, LeaseLapsed) as exc:
                         # The database is unreachable (or read-only during a failover): keep the batch
                         # and try again; losing an alarm is worse than holding callers for a while.
                         log.error("database write failed, retrying in %.1fs: %s", delay, exc.orig)
@@ -583,7 +597,7 @@ class Store:
                 try:
                     self._write_rows(conn, batch)
                     return
-                except (sa.exc.OperationalError, Fenced):
+                except (sa.exc.OperationalError, Fenced, LeaseLapsed):
                     raise
                 except sa.exc.DBAPIError as exc:
                     if not _refusal(exc):
@@ -633,7 +647,7 @@ class Store:
         try:
             self._write_rows(conn, batch)
             return None
-        except (sa.exc.OperationalError, Fenced):
+        except (sa.exc.OperationalError, Fenced, LeaseLapsed):
             raise
         except sa.exc.DBAPIError as exc:
             if not _refusal(exc):
@@ -813,6 +827,15 @@ def _fits(table: sa.Table, column: str, value: Any, limit: int) -> None:
 
 class Fenced(Exception):
     """This node no longer holds the cluster lease: its write transaction is rolled back."""
+
+
+class LeaseLapsed(Exception):
+    """This node still holds the cluster lease but could not renew it in time: the batch is kept
+    and written once the lease is renewed (or dropped as Fenced if another node takes over)."""
+
+    @property
+    def orig(self) -> BaseException:
+        return self
 
 
 class ValueTooLong(ValueError):

@@ -48,12 +48,13 @@ def config_tags(config: Config) -> dict[str, TagSettings]:
 
 @hookimpl
 def annunciator_routes(services: Services) -> list[BaseRoute]:
-    """``GET /metrics``: every tag in Prometheus' text format (bearer token unless
-    ``gateway.public_metrics``)."""
+    """``GET /metrics``: every tag in Prometheus' text format, and this node's place in the
+    cluster (bearer token unless ``gateway.public_metrics``)."""
     from . import prometheus
 
     async def metrics(request: Request) -> Response:
-        return Response(prometheus.render(services.tags), media_type=prometheus.CONTENT_TYPE)
+        cluster = prometheus.cluster_families(services.term, services.config.gateway.name)
+        return Response(prometheus.render(services.tags, cluster), media_type=prometheus.CONTENT_TYPE)
 
     return [Route("/metrics", metrics, methods=["GET"])]
 

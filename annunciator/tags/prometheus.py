@@ -13,6 +13,12 @@ a scraper can ``rate()`` a gauge that only goes up as well as a counter.
 * A tag whose quality is not Good is left out (a stale value must not look current), as is a tag
   with no value. Every tag's quality is exported as ``annunciator_tag_quality_good{path="..."}``.
 
+Beside the tags, the node's place in a cluster, in the names a standby exports too
+(core.standby.metrics_text), so one dashboard covers every node: ``annunciator_cluster_active``
+(1 on the active node), ``annunciator_cluster_epoch`` and the counter
+``annunciator_cluster_failovers_total``, each labelled ``node``. A single node (no cluster) is
+always active, with epoch 0 and no failovers, labelled with the gateway's name.
+
 Rendering uses prometheus_client's own registry and encoder, so the output is the format its
 parser (and Prometheus) read.
 """
@@ -20,16 +26,19 @@ parser (and Prometheus) read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from annunciator.core.tag_provider import GOOD, TagProvider, TagValue
 from annunciator.core.tag_types import Dataset
+
+if TYPE_CHECKING:
+    from annunciator.core.cluster import Term
 
 PREFIX = "annunciator_"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -69,11 +78,15 @@ def _is_key(column: str, values: list[Any]) -> bool:
 class TagCollector:
     """A prometheus_client collector over a TagProvider, read at every scrape."""
 
-    def __init__(self, tags: TagProvider):
+    def __init__(self, tags: TagProvider, extra: Iterable[Metric] = ()):
         self.tags = tags
+        self.extra = list(extra)  # families of the gateway itself (the cluster's); tags never shadow them
 
     def collect(self) -> Iterator[Metric]:
         seen: set[str] = set()
+        for family in self.extra:
+            seen.update((family.name, family.name + "_total"))  # a counter's samples end in _total
+            yield family
         quality = GaugeMetricFamily(PREFIX + "tag_quality_good", "1 when a tag's quality is Good", labels=["path"])
         for tag in self.tags.browse():
             quality.add_metric([tag.path], 1.0 if tag.quality == GOOD else 0.0)
@@ -116,8 +129,30 @@ class TagCollector:
             yield family
 
 
-def render(tags: TagProvider) -> bytes:
-    """The exposition text for every tag."""
+def cluster_families(term: Term | None, gateway_name: str) -> list[Metric]:
+    """This node's role in the cluster (``term``: its term as the active node; None: a single node)."""
+    if term is None:
+        node, active, epoch, failovers = gateway_name, 1.0, 0.0, 0.0
+    else:
+        lease = term.lease
+        node, active = lease.name, 1.0 if term.valid() else 0.0
+        epoch, failovers = float(term.epoch), float(lease.failovers)
+    families: list[Metric] = []
+    for family, value in (
+            (GaugeMetricFamily(PREFIX + "cluster_active", "1 on the active node of the cluster",
+                               labels=["node"]), active),
+            (GaugeMetricFamily(PREFIX + "cluster_epoch", "the lease epoch of this node's term as the active node",
+                               labels=["node"]), epoch),
+            # named with _total already, so the text reads as the standby's does
+            (CounterMetricFamily(PREFIX + "cluster_failovers_total", "terms this node took over from another node",
+                                 labels=["node"]), failovers)):
+        family.add_metric([node], value)
+        families.append(family)
+    return families
+
+
+def render(tags: TagProvider, extra: Iterable[Metric] = ()) -> bytes:
+    """The exposition text for every tag, after ``extra`` families (cluster_families)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TagCollector(tags))
+    registry.register(TagCollector(tags, extra))
     return generate_latest(registry)

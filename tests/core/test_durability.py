@@ -90,7 +90,9 @@ def test_acknowledged_before_restart_stays_quiet(tmp_path, gateway_config, webho
         proc.stop()
 
 
-def test_second_gateway_on_the_same_database_refuses_to_start(tmp_path, gateway_config):
+def test_second_gateway_on_the_same_database_refuses_or_stands_by(tmp_path, gateway_config):
+    """SQLite: a second gateway refuses and names PostgreSQL. PostgreSQL: it starts as a standby,
+    and becomes the active one when the first dies (docs/ha.md)."""
     import subprocess
     import sys
 
@@ -99,13 +101,26 @@ def test_second_gateway_on_the_same_database_refuses_to_start(tmp_path, gateway_
         second = tmp_path / "second.yaml"
         gateway_config["gateway"]["http"]["port"] += 1  # a free port is not the point
         write_config(second, gateway_config)
-        r = subprocess.run([sys.executable, "-m", "annunciator", "run", "-c", str(second)],
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 1
-        assert "another gateway" in r.stderr and "is already using" in r.stderr
-        assert httpx.get(proc.url + "/api/health").json()["status"] == "ok"
-        proc.kill()  # however the first one dies, the database is free again
-        proc2 = GatewayProcess(second).start()
+        if gateway_config["gateway"]["database"].startswith("sqlite"):
+            r = subprocess.run([sys.executable, "-m", "annunciator", "run", "-c", str(second)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1
+            assert "another gateway" in r.stderr and "is already using" in r.stderr
+            assert "PostgreSQL" in r.stderr
+            assert httpx.get(proc.url + "/api/health").json()["status"] == "ok"
+            proc.kill()  # however the first one dies, the database is free again
+            proc2 = GatewayProcess(second).start()
+        else:
+            proc2 = GatewayProcess(second).start(role="standby")
+            assert httpx.get(proc.url + "/api/health").json()["role"] == "active"
+            proc.kill()
+            health: dict[str, object] = {}
+            for _ in range(200):  # the killed one's lease: taken over at once (same machine) or when it runs out
+                health = proc2.health()
+                if health["role"] == "active":
+                    break
+                time.sleep(0.1)
+            assert health["role"] == "active", health
         proc2.stop()
     finally:
         proc.stop()

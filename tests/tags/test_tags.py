@@ -299,3 +299,38 @@ def test_config_refuses_bad_tags(tmp_path):
                                                            "pipelines": {"active": "nope"}}]}}
     with pytest.raises(ConfigError, match=r"tags\.Plant/C\.alarms\[0\]\.pipelines\.active"):
         load_config(bad, pm.block_types(), pm.profile_types(), env={}, plugins=pm)
+
+
+def test_metrics_of_a_single_node_say_it_is_the_active_one(gateway_config, start_gateway):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gateway_config["gateway"]["name"] = 'plant "A"'
+    gw = start_gateway(gateway_config)
+    text = gw.client.get("/metrics").text
+    assert "annunciator_cluster_active" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    [active] = families["annunciator_cluster_active"].samples
+    assert active.labels == {"node": 'plant "A"'} and active.value == 1.0
+    assert families["annunciator_cluster_epoch"].samples[0].value == 0.0
+    [failovers] = [s for s in families["annunciator_cluster_failovers"].samples if s.name.endswith("_total")]
+    assert failovers.value == 0.0 and families["annunciator_cluster_failovers"].type == "counter"
+
+
+def test_cluster_metrics_of_the_active_node_and_no_tag_shadows_them():
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from annunciator.core.cluster import Term
+    from annunciator.tags import prometheus
+
+    lease = SimpleNamespace(name="node-b", failovers=3, valid=lambda epoch: epoch == 12)
+    tags = TagProvider()
+    tags.define("Cluster/Active", "Int4", 5)  # would be named annunciator_cluster_active too
+    text = prometheus.render(tags, prometheus.cluster_families(Term(lease, 12), "gw")).decode()  # type: ignore[arg-type]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [(s.labels, s.value) for s in families["annunciator_cluster_active"].samples] == [({"node": "node-b"}, 1.0)]
+    assert families["annunciator_cluster_epoch"].samples[0].value == 12.0
+    assert "annunciator_cluster_failovers_total{node=\"node-b\"} 3.0" in text
+    ended = prometheus.render(tags, prometheus.cluster_families(Term(lease, 11), "gw")).decode()  # type: ignore[arg-type]
+    assert 'annunciator_cluster_active{node="node-b"} 0.0' in ended

@@ -182,6 +182,12 @@ class TwilioService:
         may have signed it (several accounts share the routes)."""
         if not signature:
             return False
+        if self._signed(path_and_query, params, signature):
+            return True
+        # a node that joined the cluster since the last lease round forwarded it: look again
+        return self.services.refresh_public_urls() and self._signed(path_and_query, params, signature)
+
+    def _signed(self, path_and_query: str, params: dict[str, str], signature: str) -> bool:
         # a standby forwards the webhooks it is sent to the active node: Twilio signed them for
         # the standby's URL, so the public URL of any node of the cluster is accepted
         urls = [self.webhook_url(path_and_query)]
