@@ -49,7 +49,8 @@ class Node:
         self._becoming = False
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        standby = build_standby_app(self.lease, g.name, lambda: self._becoming, self._read_nodes)
+        standby = build_standby_app(self.lease, g.name, lambda: self._becoming, self._read_nodes,
+                                    commit_timeout=g.commit_timeout)
         self.standby_app: ASGIApp = BearerAuth(standby, tokens=g.api_tokens, public_metrics=g.public_metrics)
 
     def prepare(self) -> None:

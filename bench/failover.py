@@ -3,7 +3,9 @@
 
 Phase 1 (failover): two or three ``annunciator run`` nodes on one database, a stream of alarms
 (one every ``--interval`` s, each paged once through a webhook), and ``--kills`` kill -9 of the
-active node at random moments, each killed node restarted at once. Reported: time from each
+active node at random moments, each killed node restarted at once. A node on the same machine
+sees the killed process gone and takes over at once; ``--pause`` SIGSTOPs the active instead,
+which is what a node on another machine sees of a dead one: the lease runs out. Reported: time from each
 kill to the first page the receiver gets afterwards (p50 and max), pages lost (an alarm never
 paged) and duplicated (the same idempotency key delivered twice).
 
@@ -89,7 +91,8 @@ def failover(pg: PrivateCluster, tmp: Path, args: argparse.Namespace) -> dict[st
 
         def stream() -> None:
             k = 0
-            client = httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+            # a short timeout: a paused node accepts connections and never answers
+            client = httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=1)
             while not stop.is_set():
                 source = f"plant/a-{k}"
                 while not stop.is_set():
@@ -114,13 +117,21 @@ def failover(pg: PrivateCluster, tmp: Path, args: argparse.Namespace) -> dict[st
                 victim = active_of(procs)
                 before = len(rx.requests)
                 killed = time.monotonic()
-                procs[victim].kill()
+                if args.pause:
+                    # another machine's death as this one sees it: no process gone to notice, only
+                    # a lease that is no longer renewed
+                    procs[victim].pause()
+                else:
+                    procs[victim].kill()
                 deadline = killed + args.lease + 30
-                while len(rx.requests) <= before and time.monotonic() < deadline:
+                after: list[Any] = []
+                while not after and time.monotonic() < deadline:
                     time.sleep(0.005)
-                after = [r for r in list(rx.requests)[before:] if r.received_at > killed]
+                    after = [r for r in list(rx.requests)[before:] if r.received_at > killed]
                 if after:
                     gaps.append(after[0].received_at - killed)
+                if args.pause:
+                    procs[victim].kill()
                 procs[victim].start(role="any")
             stop.set()
             feeder.join(30)
@@ -177,6 +188,9 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=0.1, help="seconds between alarms in the failover phase")
     p.add_argument("--alarms", type=int, default=3000, help="alarms per burst")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--pause", action="store_true",
+                   help="SIGSTOP the active instead of kill -9: the takeover waits for the lease to run out, "
+                        "as when the active's machine dies")
     p.add_argument("--skip-failover", action="store_true")
     p.add_argument("--skip-burst", action="store_true")
     args = p.parse_args()
@@ -187,7 +201,8 @@ def main() -> None:
             tmp = Path(d)
             if not args.skip_failover:
                 f = failover(pg, tmp, args)
-                print(f"failover: {f['kills']} kills of the active ({args.nodes} nodes, lease {args.lease:g}s): "
+                how = "SIGSTOPs" if args.pause else "kills"
+                print(f"failover: {f['kills']} {how} of the active ({args.nodes} nodes, lease {args.lease:g}s): "
                       f"kill -> first page p50 {f['p50']:.2f}s, max {f['max']:.2f}s; {f['alarms']} alarms, "
                       f"{f['lost']} lost, {f['duplicated']} duplicated")
             if not args.skip_burst:

@@ -61,8 +61,11 @@ def metrics_text(lease: Lease) -> str:
 
 
 def build_standby_app(lease: Lease, name: str, starting: Callable[[], bool],
-                      read_nodes: Callable[[], Awaitable[list[dict[str, Any]]]]) -> Starlette:
-    client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0), follow_redirects=False)
+                      read_nodes: Callable[[], Awaitable[list[dict[str, Any]]]],
+                      commit_timeout: float = 10.0) -> Starlette:
+    # an active that hangs (paused, its machine gone) must cost a caller no more than the active
+    # itself would take to answer 503: its commit timeout, and a little for the way there
+    client = httpx.AsyncClient(timeout=httpx.Timeout(commit_timeout + 2.0, connect=2.0), follow_redirects=False)
 
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(metrics_text(lease), media_type="text/plain; version=0.0.4")
