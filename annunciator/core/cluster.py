@@ -429,16 +429,6 @@ def nodes(conn: Connection, lease: float) -> list[dict[str, Any]]:
     return out
 
 
-def lease_row(conn: Connection) -> dict[str, Any] | None:
-    r = conn.execute(sa.text(
-        "select epoch, holder_name, address, extract(epoch from clock_timestamp() - renewed), lease "
-        "from cluster_lease where id = 1")).first()
-    if r is None:
-        return None
-    return {"epoch": r[0], "node": r[1], "address": r[2], "age": None if r[3] is None else round(float(r[3]), 3),
-            "lease": r[4]}
-
-
 def shared_secret(conn: Connection, mine: bytes) -> bytes:
     """The secret every node uses: the one stored by the first node to start, else ``mine``."""
     conn.execute(pg_insert(schema.shared_secrets).values(name="gateway", value=mine.decode(),

@@ -14,9 +14,9 @@ import asyncio
 import inspect
 import logging
 
-from . import schema
+from . import journal
 from .alarm_lifecycle import Alarms
-from .alarms import AlarmEvent, utcnow
+from .alarms import AlarmEvent
 from .audit import AuditLog, Code
 from .cluster import Term, shared_secret
 from .config import Config
@@ -199,9 +199,8 @@ class Gateway:
         self.audit.record(Code.CLUSTER_ACTIVE, channel="cluster", text=text,
                           details={"node": lease.name, "epoch": self.term.epoch,
                                    "previous": lease.took_over_from, "why": lease.took_over_why})
-        self.store.insert(schema.journal, {"event_id": None, "source": "annunciator/cluster", "ts": utcnow(),
-                                           "action": "failover" if lease.took_over_from else "active",
-                                           "user": None, "notes": text})
+        journal.write_source(self.store, "annunciator/cluster", "failover" if lease.took_over_from else "active",
+                             None, text)
 
     # --- reports wired to plugins and tags ------------------------------------------------
 
